@@ -1,0 +1,60 @@
+"""Checkpoint weights + spec + target -> model.onnx and model.onnx.data in a folder."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from phi3_edge.errors import CheckpointError
+from phi3_edge.exporter.blocks.linear import FloatLinear, Linear
+from phi3_edge.exporter.config import Phi3Spec
+from phi3_edge.exporter.decoder import DecoderPlan, build_decoder
+from phi3_edge.exporter.tensor_writer import TensorWriter
+from phi3_edge.exporter.weight_source import WeightSource
+from phi3_edge.exporter.weights import WeightStore
+from phi3_edge.targets.table import Target
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16"}
+
+LinearFactory = Callable[[WeightSource], Linear]
+
+
+@dataclass(frozen=True)
+class GraphStats:
+    nodes: int
+    data_bytes: int
+    seconds: float
+    fused_rotary: bool
+
+
+def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...], folder: Path,
+                 *, linear_factory: LinearFactory | None = None,
+                 on_tensor: Callable[[str, int], None] | None = None,
+                 on_layer: Callable[[int], None] | None = None) -> GraphStats:
+    started = time.perf_counter()
+    plan = DecoderPlan(io_dtype=target.io_dtype, fused_rotary=target.fused_rotary)
+    float_dtype = WEIGHT_DTYPES.get(target.weight_format, target.io_dtype)
+    with WeightStore(weight_files) as store, TensorWriter(folder / DATA_FILE) as writer:
+        source = WeightSource(store, writer, float_dtype=float_dtype, on_tensor=on_tensor)
+        linear = (linear_factory or FloatLinear)(source)
+        model = build_decoder(spec, plan, source, linear, on_layer or (lambda layer: None))
+        _check_all_used(store, spec, weight_files)
+        data_bytes = writer.bytes_written
+    onnx.save_model(model, folder / MODEL_FILE)
+    return GraphStats(len(model.graph.node), data_bytes, time.perf_counter() - started,
+                      plan.rotary_is_fused(spec))
+
+
+def _check_all_used(store: WeightStore, spec: Phi3Spec, weight_files: tuple[Path, ...]) -> None:
+    """Every checkpoint tensor must be consumed: a leftover means a layout we do not understand."""
+    ignorable = {"lm_head.weight"} if spec.tie_word_embeddings else set()  # some tied checkpoints still ship it
+    leftover = [name for name in store.unused() if name not in ignorable and not name.endswith("rotary_emb.inv_freq")]
+    if leftover:
+        shown = ", ".join(leftover[:3]) + (f" and {len(leftover) - 3} more" if len(leftover) > 3 else "")
+        raise CheckpointError(f"unexpected tensors not used by the Phi-3 graph: {shown}", weight_files[0].parent)

@@ -1,0 +1,184 @@
+"""Find and validate a Phi-3 checkpoint: a local folder, an Ollama-style short name, or a hub id.
+
+Only what the exporter will read is accepted: config.json, safetensors weights (sharded through
+model.safetensors.index.json or not) and the tokenizer files. Pickle weights are refused outright, because
+loading them can run arbitrary code. Every failure is one CheckpointError line naming the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from phi3_edge.errors import CheckpointError
+
+SHORT_NAMES: dict[str, str] = {
+    "phi3:mini": "microsoft/Phi-3-mini-4k-instruct",
+    "phi3:mini-128k": "microsoft/Phi-3-mini-128k-instruct",
+    "phi3:medium": "microsoft/Phi-3-medium-4k-instruct",
+    "phi3:medium-128k": "microsoft/Phi-3-medium-128k-instruct",
+    "phi3.5:mini": "microsoft/Phi-3.5-mini-instruct",
+    "phi4:mini": "microsoft/Phi-4-mini-instruct",
+}
+
+DEMO_NAME = "demo"
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "checkpoint"
+
+CONFIG_NAME = "config.json"
+INDEX_NAME = "model.safetensors.index.json"
+TOKENIZER_NAME = "tokenizer.json"
+# Copied next to the model when present; tokenizer.json is the only one the runtime cannot do without.
+TOKENIZER_EXTRAS = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "generation_config.json",
+    "chat_template.jinja",  # newer transformers save the chat template beside tokenizer_config.json
+    "chat_template.json",
+)
+PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+# What a hub download fetches: enough to export, never the pickle duplicates many repos also carry.
+HUB_PATTERNS = ["config.json", "*.safetensors", "*.json", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    root: Path
+    source: str  # what the user passed, or the hub id a short name stands for
+    config_path: Path
+    weight_files: tuple[Path, ...]  # safetensors shards, sorted by name (shard numbering order)
+    index_path: Path | None
+    tokenizer_files: tuple[Path, ...]
+    revision: str | None  # hub commit of a cached snapshot; None for a plain local folder
+
+    def all_files(self) -> tuple[Path, ...]:
+        """Every file the export reads: what the manifest hashes as the source."""
+        index = (self.index_path,) if self.index_path else ()
+        return (self.config_path, *index, *self.weight_files, *self.tokenizer_files)
+
+
+def short_names_table() -> str:
+    """A plain-text table of the short names, for `--help`."""
+    width = max(len(name) for name in SHORT_NAMES)
+    return "\n".join(f"{name.ljust(width)}  {hub_id}" for name, hub_id in SHORT_NAMES.items())
+
+
+def resolve_checkpoint(model: str, *, require_tokenizer: bool = True) -> Checkpoint:
+    """Turn what the user typed into a validated Checkpoint (see module docstring for the search order)."""
+    root, source, revision = _locate(model)
+    return open_checkpoint(root, source=source, revision=revision, require_tokenizer=require_tokenizer)
+
+
+def open_checkpoint(
+    root: Path, *, source: str | None = None, revision: str | None = None, require_tokenizer: bool = True
+) -> Checkpoint:
+    """Validate a checkpoint folder that is already on disk."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CheckpointError("is not a folder", root)
+    config_path = root / CONFIG_NAME
+    if not config_path.is_file():
+        raise CheckpointError("config.json not found (a Hugging Face checkpoint folder has one)", root)
+    index_path = root / INDEX_NAME if (root / INDEX_NAME).is_file() else None
+    weights = _indexed_weights(root, index_path) if index_path else _plain_weights(root)
+    return Checkpoint(
+        root=root,
+        source=source if source is not None else str(root),
+        config_path=config_path,
+        weight_files=weights,
+        index_path=index_path,
+        tokenizer_files=_tokenizer_files(root, require_tokenizer),
+        revision=revision,
+    )
+
+
+def _locate(model: str) -> tuple[Path, str, str | None]:
+    """(folder, source label, revision) for a model argument, downloading only for hub ids."""
+    if model == DEMO_NAME:
+        if not DEMO_DIR.is_dir():
+            raise CheckpointError("the demo checkpoint is not bundled in this install", DEMO_DIR)
+        return DEMO_DIR, DEMO_NAME, None
+    path = Path(model).expanduser()
+    if path.exists():
+        return path, model, None
+    if model in SHORT_NAMES:
+        return _from_hub(SHORT_NAMES[model])
+    if _HUB_ID.match(model):
+        return _from_hub(model)
+    if os.sep in model or model.startswith((".", "/", "~")):
+        raise CheckpointError("does not exist", model)
+    known = ", ".join(SHORT_NAMES)
+    raise CheckpointError(f"not a folder, a hub id (org/name) or a short name ({known})", model)
+
+
+def _from_hub(repo_id: str) -> tuple[Path, str, str | None]:
+    """The local HF cache first (works offline), then a download of only the files an export reads."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency of the export path
+        raise CheckpointError("huggingface_hub is not installed; pass a local folder instead", repo_id) from None
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any cache miss (missing repo, missing revision) means: try the network
+        try:
+            folder = snapshot_download(repo_id, allow_patterns=HUB_PATTERNS)
+        except Exception as exc:  # noqa: BLE001 - the hub raises many types; the user needs one line
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"not in the local Hugging Face cache and could not be downloaded: {reason}", repo_id
+            ) from None
+    folder = Path(folder)
+    # A cached snapshot lives in .../snapshots/<commit>: that commit is the revision the manifest records.
+    revision = folder.name if folder.parent.name == "snapshots" else None
+    return folder, repo_id, revision
+
+
+def _indexed_weights(root: Path, index_path: Path) -> tuple[Path, ...]:
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise TypeError
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"not valid JSON ({exc})", index_path) from None
+    except (KeyError, TypeError):
+        raise CheckpointError("has no non-empty 'weight_map' object", index_path) from None
+    shards = []
+    for name in sorted(set(map(str, weight_map.values()))):
+        # The index is data from the internet: a shard name must stay inside the checkpoint folder.
+        if Path(name).is_absolute() or ".." in Path(name).parts or not name.endswith(".safetensors"):
+            raise CheckpointError(f"weight_map names an unsafe or non-safetensors file {name!r}", index_path)
+        if not (root / name).is_file():
+            raise CheckpointError(f"weight_map names {name!r}, which is missing from the folder", index_path)
+        shards.append(root / name)
+    return tuple(shards)
+
+
+def _plain_weights(root: Path) -> tuple[Path, ...]:
+    shards = sorted(path for path in root.glob("*.safetensors") if path.is_file())
+    if shards:
+        return tuple(shards)
+    pickles = sorted({path.name for pattern in PICKLE_PATTERNS for path in root.glob(pattern)})
+    if pickles:
+        raise CheckpointError(
+            f"only pickle weights found ({', '.join(pickles)}); pickle checkpoints are refused (unpickling can "
+            "run arbitrary code); convert to safetensors first",
+            root,
+        )
+    raise CheckpointError("no weights found (expected *.safetensors or model.safetensors.index.json)", root)
+
+
+def _tokenizer_files(root: Path, require_tokenizer: bool) -> tuple[Path, ...]:
+    main = root / TOKENIZER_NAME
+    if not main.is_file() and require_tokenizer:
+        raise CheckpointError(
+            "tokenizer.json not found; the artifact needs it to run (pass --no-tokenizer to export the graph only)",
+            root,
+        )
+    names = ((TOKENIZER_NAME,) if main.is_file() else ()) + TOKENIZER_EXTRAS
+    return tuple(root / name for name in names if (root / name).is_file())

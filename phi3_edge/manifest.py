@@ -1,0 +1,163 @@
+"""The artifact manifest: what built a folder, from what, with which recipe, and the sha256 of every file.
+
+manifest.json is written last into the staged folder, so a folder with a valid manifest of our format is a
+finished export. The runtime imports this module too (to verify a folder before loading it), so it must
+stay free of exporter code and of heavy imports: tool versions come from package metadata, not imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from phi3_edge.errors import ArtifactError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "phi3-edge-artifact/1"  # the "format" key's value: marks a folder as ours (and its layout version)
+_CHUNK = 1 << 20  # 1 MiB: hashing multi-GB weight files must stream, never read whole
+_TOOLS = ("phi3-edge", "onnx", "onnxruntime", "onnxruntime-genai", "numpy")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of the tools that shape an artifact; None for a tool that is not installed."""
+    versions: dict[str, str | None] = {}
+    for name in _TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def source_record(source: str, revision: str | None, root: Path, files: Iterable[Path]) -> dict[str, Any]:
+    """The checkpoint side of the manifest: what the user named, the hub revision, and hashes of its files.
+
+    `files` are paths inside `root` (config, index, weight shards, tokenizer files); names are stored relative
+    to `root` so a manifest does not leak or depend on the machine's cache layout.
+    """
+    return {
+        "source": source,
+        "revision": revision,
+        "files": {_relative(path, root): _file_entry(path) for path in files},
+    }
+
+
+def build_manifest(
+    *,
+    source: dict[str, Any],
+    spec_json: dict[str, Any],
+    target: dict[str, Any],
+    recipe: dict[str, Any],
+    io_signature: list[dict[str, Any]],
+    artifact_dir: Path,
+) -> dict[str, Any]:
+    """Assemble the manifest for a finished artifact folder (hashes every file in it except the manifest)."""
+    return {
+        "format": FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+        "spec": spec_json,
+        "target": target,
+        "recipe": recipe,
+        "io_signature": io_signature,
+        "tools": tool_versions(),
+        "files": artifact_files(artifact_dir),
+    }
+
+
+def artifact_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """{relative posix name: {sha256, bytes}} for every file under `folder` except manifest.json."""
+    return {name: _file_entry(folder / name) for name in _listed_names(folder)}
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    path = Path(folder) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Load and sanity-check manifest.json; every problem is a one-line ArtifactError naming the file."""
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError("manifest.json not found (not a phi3-edge artifact folder?)", path.parent) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"not valid JSON ({exc})", path) from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot be read ({exc.strerror or exc})", path) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise ArtifactError(f"not a phi3-edge manifest (format {found!r}, expected {FORMAT!r})", path)
+    if not isinstance(data.get("files"), dict):
+        raise ArtifactError("manifest has no 'files' table", path)
+    return data
+
+
+def is_artifact(folder: Path) -> bool:
+    """True when `folder` holds a manifest of our format (used before overwriting a folder)."""
+    try:
+        read_manifest(folder)
+    except ArtifactError:
+        return False
+    return True
+
+
+def verify_files(folder: Path) -> list[str]:
+    """Compare the folder against its manifest; returns one line per problem (empty list: intact)."""
+    folder = Path(folder)
+    listed: dict[str, Any] = read_manifest(folder)["files"]
+    problems = [_check_entry(folder, name, entry) for name, entry in sorted(listed.items())]
+    problems += [f"{name}: not listed in the manifest" for name in _listed_names(folder) if name not in listed]
+    return [problem for problem in problems if problem]
+
+
+def _check_entry(folder: Path, name: str, entry: Any) -> str | None:
+    # A manifest is input from disk: never let a name reach outside the folder.
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        return f"{name}: refusing a file name outside the artifact folder"
+    if not isinstance(entry, dict) or "sha256" not in entry or "bytes" not in entry:
+        return f"{name}: malformed manifest entry"
+    path = folder / name
+    if not path.is_file():
+        return f"{name}: missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return f"{name}: size {size} bytes, manifest says {entry['bytes']}"
+    if sha256_file(path) != entry["sha256"]:
+        return f"{name}: sha256 mismatch (file changed since export)"
+    return None
+
+
+def _listed_names(folder: Path) -> list[str]:
+    folder = Path(folder)
+    names = (_relative(path, folder) for path in folder.rglob("*") if path.is_file())
+    return sorted(name for name in names if name != MANIFEST_NAME)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name  # a file outside root (e.g. a resolved symlink target): keep its name only
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
