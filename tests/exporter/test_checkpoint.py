@@ -141,7 +141,8 @@ def test_short_name_resolves_through_the_cache_first(tmp_path, monkeypatch):
     checkpoint = ck.resolve_checkpoint("phi3:mini")
     assert checkpoint.source == "microsoft/Phi-3-mini-4k-instruct"
     assert checkpoint.revision == "abc123"
-    assert calls == [("microsoft/Phi-3-mini-4k-instruct", {"allow_patterns": ck.HUB_PATTERNS, "local_files_only": True})]
+    expected = {"allow_patterns": ck.HUB_PATTERNS, "local_files_only": True}
+    assert calls == [("microsoft/Phi-3-mini-4k-instruct", expected)]
     assert "config.json" in ck.HUB_PATTERNS and "*.safetensors" in ck.HUB_PATTERNS
 
 
