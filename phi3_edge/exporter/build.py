@@ -38,7 +38,8 @@ def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...],
                  on_tensor: Callable[[str, int], None] | None = None,
                  on_layer: Callable[[int], None] | None = None) -> GraphStats:
     started = time.perf_counter()
-    plan = DecoderPlan(io_dtype=target.io_dtype, fused_rotary=target.fused_rotary)
+    plan = DecoderPlan(io_dtype=target.io_dtype, fused_rotary=target.fused_rotary, packed_qkv=target.packed_qkv,
+                       allow_if_node=target.allow_if_node)
     float_dtype = WEIGHT_DTYPES.get(target.weight_format, target.io_dtype)
     with WeightStore(weight_files) as store, TensorWriter(folder / DATA_FILE) as writer:
         source = WeightSource(store, writer, float_dtype=float_dtype, on_tensor=on_tensor)

@@ -22,7 +22,7 @@ from phi3_edge.exporter.blocks.embedding import embed_tokens
 from phi3_edge.exporter.blocks.linear import Linear
 from phi3_edge.exporter.blocks.mlp import mlp
 from phi3_edge.exporter.blocks.norm import rms_norm, skip_rms_norm
-from phi3_edge.exporter.blocks.rope import rotary_caches
+from phi3_edge.exporter.blocks.rope import rotary_caches, stacked_rotary_caches
 from phi3_edge.exporter.config import Phi3Spec
 from phi3_edge.exporter.graph import GraphBuilder, value_info
 from phi3_edge.exporter.weight_source import WeightSource
@@ -37,8 +37,12 @@ class DecoderPlan:
 
     io_dtype: str  # "float32" | "float16"
     fused_rotary: bool  # requested by the target; still subject to the kernel's constraint
+    packed_qkv: bool = True  # one QKV MatMul (False: three, for EPs whose attention wants them separate)
+    allow_if_node: bool = True  # False: LongRoPE by stacked caches + shifted positions
 
     def rotary_is_fused(self, spec: Phi3Spec) -> bool:
+        if spec.longrope is not None and not self.allow_if_node:
+            return False  # the stacked-cache LongRoPE needs explicit positions, i.e. a separate rotary node
         return self.fused_rotary and (spec.rotary_dim // 2) % FUSED_ROTARY_HALF_DIM_MULTIPLE == 0
 
 
@@ -54,10 +58,15 @@ def build_decoder(spec: Phi3Spec, plan: DecoderPlan, source: WeightSource, linea
     initializer = _array_initializer(g, source)
     seqlens_k, total_len_i64, total_len = _sequence_lengths(g)
     fused = plan.rotary_is_fused(spec)
-    cos, sin = rotary_caches(g, spec, total_len_i64, plan.io_dtype, initializer)
-    inputs = AttentionInputs(seqlens_k, total_len, cos, sin, None if fused else _position_ids(g))
+    positions = None if fused else _position_ids(g)
+    if spec.longrope is not None and not plan.allow_if_node:
+        assert positions is not None
+        cos, sin, positions = stacked_rotary_caches(g, spec, total_len_i64, positions, plan.io_dtype, initializer)
+    else:
+        cos, sin = rotary_caches(g, spec, total_len_i64, plan.io_dtype, initializer)
+    inputs = AttentionInputs(seqlens_k, total_len, cos, sin, positions)
     shape = AttentionShape(spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.rotary_dim,
-                           local_window_size(spec), fused)
+                           local_window_size(spec), fused, plan.packed_qkv)
 
     table = g.add_initializer(source.as_is("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size),
                                            "model.embed_tokens.weight"))

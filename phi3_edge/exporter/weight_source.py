@@ -43,16 +43,33 @@ class WeightSource:
         """The tensor in the checkpoint's own layout (embeddings, norm weights), cast to the float dtype."""
         info = self.info(hf_name, shape)
         tensor = self.writer.write(onnx_name, shape, self.float_dtype, self._row_chunks(info))
-        self._on_tensor(hf_name, info.nbytes)
+        self.report(hf_name, info.nbytes)
         return tensor
 
-    def transposed(self, hf_name: str, out_features: int, in_features: int, onnx_name: str) -> TensorProto:
-        """A Linear weight (out, in) written as MatMul's (in, out), transposed one column block at a time."""
-        info = self.info(hf_name, (out_features, in_features))
-        tensor = self.writer.write(onnx_name, (in_features, out_features), self.float_dtype,
-                                   self._transposed_chunks(info))
-        self._on_tensor(hf_name, info.nbytes)
+    def transposed(self, hf_name: str, out_features: int, in_features: int, onnx_name: str,
+                   rows: tuple[int, int] | None = None) -> TensorProto:
+        """A Linear weight (out, in) written as MatMul's (in, out), transposed one column block at a time.
+        `rows` takes a range of output features out of a packed weight; out_features is then its length."""
+        start, stop = rows or (0, out_features)
+        info = self.info_with_rows(hf_name, in_features, rows, out_features)
+        tensor = self.writer.write(onnx_name, (in_features, stop - start), self.float_dtype,
+                                   self._transposed_chunks(info, start, stop))
+        self.report(hf_name, info.nbytes * (stop - start) // info.shape[0])
         return tensor
+
+    def info_with_rows(self, hf_name: str, in_features: int, rows: tuple[int, int] | None,
+                       out_features: int) -> TensorInfo:
+        """Shape-check a weight that a row range is taken from: the range must lie inside it."""
+        if rows is None:
+            return self.info(hf_name, (out_features, in_features))
+        info = self.store.info(hf_name, (self.store.rows_of(hf_name), in_features))
+        if not 0 <= rows[0] < rows[1] <= info.shape[0] or rows[1] - rows[0] != out_features:
+            raise ValueError(f"{hf_name}: row range {rows} does not fit shape {info.shape}")
+        return info
+
+    def report(self, hf_name: str, nbytes: int) -> None:
+        """Progress: `nbytes` of checkpoint data consumed for `hf_name`."""
+        self._on_tensor(hf_name, nbytes)
 
     def row_blocks(self, info: TensorInfo) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 rows) blocks of a tensor in its own layout, for quantizers that work by row."""
@@ -65,11 +82,12 @@ class WeightSource:
         for _, block in self.row_blocks(info):
             yield block.astype(self.float_dtype, copy=False)
 
-    def _transposed_chunks(self, info: TensorInfo) -> Iterator[np.ndarray]:
-        out_features, in_features = info.shape
-        step = self._rows_per_chunk(out_features)
+    def _transposed_chunks(self, info: TensorInfo, row_start: int, row_stop: int) -> Iterator[np.ndarray]:
+        in_features = info.shape[1]
+        step = self._rows_per_chunk(row_stop - row_start)
         for start in range(0, in_features, step):
-            columns = self.store.read_columns(info, start, min(in_features, start + step))  # (out, step)
+            stop = min(in_features, start + step)
+            columns = self.store.read_columns(info, start, stop, rows=(row_start, row_stop))  # (out, step)
             yield columns.T.astype(self.float_dtype)  # (step, out): rows of W^T
 
     def _rows_per_chunk(self, row_elements: int) -> int:

@@ -134,11 +134,17 @@ class WeightStore:
         self._release(info, start * row, stop * row)
         return out
 
-    def read_columns(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
-        """Columns [start, stop) of a 2-D tensor, as float32 (rows, stop - start)."""
-        raw = self._view(info).reshape(info.shape)[:, start:stop]
+    def rows_of(self, name: str) -> int:
+        """First dimension of a tensor (0 if absent: the shape check that follows reports it as missing)."""
+        info = self._infos.get(name)
+        return info.shape[0] if info is not None and info.shape else 0
+
+    def read_columns(self, info: TensorInfo, start: int, stop: int, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Columns [start, stop) of a 2-D tensor (optionally of a row range), as float32 (rows, stop - start)."""
+        first, last = rows or (0, info.shape[0])
+        raw = self._view(info).reshape(info.shape)[first:last, start:stop]
         out = to_float32(raw, info.dtype) if info.dtype != "F32" else raw.copy()
-        self._release(info, 0, raw.shape[0] * info.shape[1])
+        self._release(info, first * info.shape[1], last * info.shape[1])
         return out
 
     def _view(self, info: TensorInfo) -> np.ndarray:

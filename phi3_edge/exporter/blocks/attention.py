@@ -29,6 +29,7 @@ class AttentionShape:
     rotary_dim: int
     local_window: int  # GQA local_window_size; -1 = full causal attention
     fused_rotary: bool
+    packed_qkv: bool = True  # False: three MatMuls on row slices of the checkpoint's packed qkv_proj
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,16 @@ class AttentionInputs:
 def attention(g: GraphBuilder, x: str, linear: Linear, prefix: str, shape: AttentionShape, cache: KvCache,
               inputs: AttentionInputs) -> str:
     q_size, kv_size = shape.num_heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    qkv = linear(g, x, f"{prefix}.qkv_proj.weight", shape.hidden, q_size + 2 * kv_size)  # (B, S, (N + 2Nkv) D)
-    if shape.fused_rotary:
-        query, key, value = qkv, "", ""  # GQA splits the packed tensor itself
+    if shape.packed_qkv:
+        qkv = linear(g, x, f"{prefix}.qkv_proj.weight", shape.hidden, q_size + 2 * kv_size)  # (B, S, (N+2Nkv) D)
+        if shape.fused_rotary:
+            query, key, value = qkv, "", ""  # GQA splits the packed tensor itself
+        else:
+            query, key, value = _split(g, qkv, prefix, shape)
     else:
-        query, key, value = _split_and_rotate(g, qkv, prefix, shape, inputs)
+        query, key, value = _separate_projections(g, x, linear, prefix, shape)
+    if not shape.fused_rotary:
+        query, key = _rotate(g, query, key, prefix, shape, inputs)
     out, _, _ = g.op(
         "GroupQueryAttention",
         [query, key, value, cache.past_key, cache.past_value, inputs.seqlens_k, inputs.total_len,
@@ -73,12 +79,27 @@ def attention(g: GraphBuilder, x: str, linear: Linear, prefix: str, shape: Atten
     return linear(g, out, f"{prefix}.o_proj.weight", q_size, shape.hidden)  # (B, S, H)
 
 
-def _split_and_rotate(g: GraphBuilder, qkv: str, prefix: str, shape: AttentionShape,
-                      inputs: AttentionInputs) -> tuple[str, str, str]:
-    assert inputs.position_ids is not None, "the unfused rotary form needs position_ids"
+def _split(g: GraphBuilder, qkv: str, prefix: str, shape: AttentionShape) -> tuple[str, str, str]:
     q_size, kv_size = shape.num_heads * shape.head_dim, shape.kv_heads * shape.head_dim
     sizes = g.const([q_size, kv_size, kv_size])
     query, key, value = g.op("Split", [qkv, sizes], name=f"{prefix}/SplitQKV", outputs=3, axis=-1)
+    return query, key, value  # (B, S, N D), (B, S, Nkv D), (B, S, Nkv D)
+
+
+def _separate_projections(g: GraphBuilder, x: str, linear: Linear, prefix: str,
+                          shape: AttentionShape) -> tuple[str, str, str]:
+    """Q, K and V as three MatMuls over row ranges of the checkpoint's packed qkv_proj weight."""
+    q_size, kv_size = shape.num_heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    bounds = {"q": (0, q_size), "k": (q_size, q_size + kv_size), "v": (q_size + kv_size, q_size + 2 * kv_size)}
+    return tuple(  # type: ignore[return-value]
+        linear(g, x, f"{prefix}.qkv_proj.weight", shape.hidden, stop - start, rows=(start, stop), label=label)
+        for label, (start, stop) in bounds.items()
+    )
+
+
+def _rotate(g: GraphBuilder, query: str, key: str, prefix: str, shape: AttentionShape,
+            inputs: AttentionInputs) -> tuple[str, str]:
+    assert inputs.position_ids is not None, "the unfused rotary form needs position_ids"
     rotated = []
     for tensor, heads, label in ((query, shape.num_heads, "q"), (key, shape.kv_heads, "k")):
         rotated.append(g.op(
@@ -86,4 +107,4 @@ def _split_and_rotate(g: GraphBuilder, qkv: str, prefix: str, shape: AttentionSh
             name=f"{prefix}/Rotary_{label}", domain=MS_DOMAIN,
             num_heads=heads, rotary_embedding_dim=shape.rotary_dim, interleaved=0,
         ))  # (B, S, heads * D), first rotary_dim of each head rotated
-    return rotated[0], rotated[1], value
+    return rotated[0], rotated[1]

@@ -12,17 +12,30 @@ from phi3_edge.exporter.graph import GraphBuilder
 from phi3_edge.exporter.weight_source import WeightSource
 
 
+Rows = tuple[int, int]  # a range of output features (rows of the checkpoint's (out, in) weight)
+
+
 class Linear(Protocol):
-    def __call__(self, g: GraphBuilder, x: str, hf_name: str, in_features: int, out_features: int) -> str: ...
+    def __call__(self, g: GraphBuilder, x: str, hf_name: str, in_features: int, out_features: int, *,
+                 rows: Rows | None = None, label: str | None = None) -> str:
+        """x @ W[rows].T; `rows` selects part of a packed weight (e.g. Q out of qkv_proj), named by `label`."""
+        ...
+
+
+def node_prefix(hf_name: str, label: str | None) -> str:
+    """model.layers.0.self_attn.qkv_proj.weight, label q -> model.layers.0.self_attn.qkv_proj.q"""
+    stem = hf_name.removesuffix(".weight")
+    return f"{stem}.{label}" if label else stem
 
 
 class FloatLinear:
     def __init__(self, source: WeightSource) -> None:
         self.source = source
 
-    def __call__(self, g: GraphBuilder, x: str, hf_name: str, in_features: int, out_features: int) -> str:
-        onnx_name = hf_name.removesuffix(".weight") + ".MatMul.weight"
-        weight = g.add_initializer(self.source.transposed(hf_name, out_features, in_features, onnx_name))
-        out = g.op("MatMul", [x, weight], name=hf_name.removesuffix(".weight") + "/MatMul")  # (B, S, out)
+    def __call__(self, g: GraphBuilder, x: str, hf_name: str, in_features: int, out_features: int, *,
+                 rows: Rows | None = None, label: str | None = None) -> str:
+        stem = node_prefix(hf_name, label)
+        tensor = self.source.transposed(hf_name, out_features, in_features, f"{stem}.MatMul.weight", rows=rows)
+        out = g.op("MatMul", [x, g.add_initializer(tensor)], name=f"{stem}/MatMul")  # (B, S, out)
         assert isinstance(out, str)
         return out

@@ -10,6 +10,12 @@ cache keep the factors they were rotated with, so a generation that crosses the 
 
     total_len ─► Greater(original) ─► If ─┬─ then: cos/sin_long  (long factors, max_position_embeddings rows)
                                           └─ else: cos/sin_short (short factors)
+
+Without an If node (DirectML graph capture cannot run one), the two tables are stacked and the positions
+are shifted into the long half instead; this needs explicit position_ids, so only the unfused rotary form:
+
+    cos/sin = [short; long]   (2 * max_position_embeddings rows)
+    position_ids + max_position_embeddings * Cast(Greater(total_len, original)) ─► RotaryEmbedding
 """
 
 from __future__ import annotations
@@ -40,6 +46,23 @@ def cos_sin_tables(spec: Phi3Spec, length: int, factors: Sequence[float] | None,
     angles = positions * inverse_frequencies(spec, factors)[None, :]  # (T, rotary_dim / 2)
     return ((np.cos(angles) * np.float32(scale)).astype(np.float32),
             (np.sin(angles) * np.float32(scale)).astype(np.float32))
+
+
+def stacked_rotary_caches(g: GraphBuilder, spec: Phi3Spec, total_len: str, position_ids: str, dtype: str,
+                          initializer: ArrayInitializer) -> tuple[str, str, str]:
+    """LongRoPE without an If node: (cos, sin, shifted position_ids) over the stacked [short; long] tables."""
+    rope = spec.longrope
+    assert rope is not None
+    length = spec.max_position_embeddings
+    long_cos, long_sin = cos_sin_tables(spec, length, rope.long_factor, rope.attention_factor)
+    short_cos, short_sin = cos_sin_tables(spec, length, rope.short_factor, rope.attention_factor)
+    cos = initializer("cos_cache_stacked", np.concatenate([short_cos, long_cos]).astype(dtype))  # (2T, R/2)
+    sin = initializer("sin_cache_stacked", np.concatenate([short_sin, long_sin]).astype(dtype))  # (2T, R/2)
+    use_long = g.op("Greater", [total_len, g.const(rope.original_max_position_embeddings)], name="rope/use_long")
+    half = g.op("Cast", [use_long], name="rope/long_half", to=TensorProto.INT64)
+    offset = g.op("Mul", [half, g.const(length)], name="rope/offset")
+    shifted = g.op("Add", [position_ids, offset], name="rope/shifted_positions")  # (B, S)
+    return cos, sin, shifted
 
 
 def rotary_caches(g: GraphBuilder, spec: Phi3Spec, total_len: str, dtype: str,
