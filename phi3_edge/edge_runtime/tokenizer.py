@@ -1,0 +1,90 @@
+"""The artifact's tokenizer through the `tokenizers` library alone (no transformers on a device).
+
+Encoding matches `transformers.AutoTokenizer.from_pretrained(folder)(text)["input_ids"]` (transformers 5) for a
+plain prompt: tokenizer.json's own post-processor decides whether a BOS/EOS is added. transformers 5 drops
+tokenizer_config.json's add_bos_token / add_eos_token whenever a tokenizer.json exists, so we do not read them
+either (transformers 4 let them override the post-processor; the two disagree for a tokenizer.json that adds
+"<s>" next to add_bos_token: false).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from phi3_edge.errors import ArtifactError
+
+TOKENIZER_NAME = "tokenizer.json"
+REPLACEMENT = "\ufffd"  # what a decoder emits for an incomplete UTF-8 sequence
+# Tokens that end a turn or the text in the Phi-3 family, whatever genai_config.json lists.
+STOP_TOKENS = ("<|end|>", "<|endoftext|>")
+
+
+class EdgeTokenizer:
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, folder: Path) -> EdgeTokenizer:
+        path = Path(folder) / TOKENIZER_NAME
+        if not path.is_file():
+            raise ArtifactError("not found (the runtime needs it to encode prompts)", path)
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+            raise ArtifactError(f"cannot be loaded by tokenizers ({str(exc).splitlines()[0]})", path) from exc
+        return cls(tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=True).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_id(self, token: str) -> int | None:
+        return self._tokenizer.token_to_id(token)
+
+    def stop_token_ids(self) -> set[int]:
+        """Ids of <|end|> / <|endoftext|> where this vocabulary has them."""
+        ids = (self.token_id(token) for token in STOP_TOKENS)
+        return {i for i in ids if i is not None}
+
+    def detokenizer(self) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self)
+
+
+class IncrementalDetokenizer:
+    """Turns a stream of token ids into text pieces, never splitting a multi-byte UTF-8 character.
+
+    Byte-level BPE can spread one character over several tokens; decoding them one by one yields U+FFFD.
+    So we decode a window of ids and hold the new text back while it ends in U+FFFD. The window starts one
+    emitted chunk back (`_prefix`), not at the first id: decoders such as SentencePiece's Metaspace strip a
+    leading space from the first token, so the suffix is the difference of two decodes that start at the same
+    id, and the cost per token stays bounded instead of growing with the whole generation.
+    """
+
+    def __init__(self, tokenizer: EdgeTokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._prefix = 0  # window start
+        self._read = 0  # ids before this one have been emitted as text
+
+    def add(self, token_id: int) -> str:
+        """Feed one id; returns the text it completes ("" while a character is still incomplete)."""
+        self._ids.append(token_id)
+        return self._emit(final=False)
+
+    def flush(self) -> str:
+        """Whatever is held back at the end (an incomplete character decodes to U+FFFD, as in decode())."""
+        return self._emit(final=True)
+
+    def _emit(self, final: bool) -> str:
+        if self._read == len(self._ids):
+            return ""
+        seen = self._tokenizer.decode(self._ids[self._prefix : self._read])
+        text = self._tokenizer.decode(self._ids[self._prefix :])
+        if not final and (text.endswith(REPLACEMENT) or len(text) <= len(seen)):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return text[len(seen) :]

@@ -1,0 +1,102 @@
+"""The CLI's outside: commands, one-line errors, exit codes. Export and generation are tested through the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from tokenizers import Tokenizer, models
+
+from phi3_edge import api
+from phi3_edge.cli import main
+from phi3_edge.errors import Phi3EdgeError
+
+
+def _invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def _one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_targets_lists_cpu_fp32() -> None:
+    result = _invoke("targets")
+    assert result.exit_code == 0, result.output
+    assert "cpu-fp32" in result.stdout
+
+
+def test_unknown_target_is_a_one_line_error_listing_the_valid_ones() -> None:
+    result = _invoke("export", "--model", "some/model", "--target", "tpu-int3", "--output", "out")
+    assert result.exit_code == 2
+    line = _one_line(result.stderr)
+    assert line.startswith("error: ")
+    assert "tpu-int3" in line and "cpu-fp32" in line
+    assert result.stdout == ""
+
+
+def test_run_on_a_missing_folder_is_a_one_line_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-artifact"
+    result = _invoke("run", str(missing), "hello")
+    assert result.exit_code == 1
+    line = _one_line(result.stderr)
+    assert line.startswith("error: ") and str(missing) in line
+    assert "Traceback" not in result.output
+
+
+GENAI_CONFIG = (
+    '{"model": {"context_length": 8, "vocab_size": 4, "eos_token_id": 0, "decoder": '
+    '{"num_hidden_layers": 1, "num_key_value_heads": 1, "head_size": 2}}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("files", "named"),
+    [
+        ({}, "genai_config.json"),
+        ({"genai_config.json": "{not json"}, "genai_config.json"),
+        ({"genai_config.json": GENAI_CONFIG}, "tokenizer.json"),
+        ({"genai_config.json": GENAI_CONFIG, "tokenizer.json": None}, "model.onnx"),
+    ],
+)
+def test_run_on_an_incomplete_folder_names_what_is_wrong(tmp_path: Path, files: dict, named: str) -> None:
+    for name, text in files.items():
+        if text is None:  # a real (empty) tokenizer, so loading gets as far as the graph
+            Tokenizer(models.BPE()).save(str(tmp_path / name))
+        else:
+            (tmp_path / name).write_text(text, encoding="utf-8")
+    result = _invoke("run", str(tmp_path), "hello")
+    assert result.exit_code == 1
+    line = _one_line(result.stderr)
+    assert line.startswith("error: ") and named in line
+
+
+def test_debug_shows_the_exception(tmp_path: Path) -> None:
+    result = _invoke("--debug", "run", str(tmp_path / "missing"), "hello")
+    assert result.exit_code != 0
+    assert isinstance(result.exception, Phi3EdgeError)
+
+
+def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "load", interrupted)
+    result = _invoke("run", "anywhere", "hello")
+    assert result.exit_code == 130
+    assert _one_line(result.stderr) == "interrupted"
+
+
+def test_export_help_shows_the_short_names() -> None:
+    result = _invoke("export", "--help")
+    assert result.exit_code == 0
+    assert "phi3:mini" in result.stdout and "microsoft/Phi-3-mini-4k-instruct" in result.stdout
+
+
+def test_unknown_command_is_one_line() -> None:
+    result = _invoke("frobnicate")
+    assert result.exit_code == 2
+    assert _one_line(result.stderr).startswith("error: ")
