@@ -86,6 +86,15 @@ class GreedyGenerator:
                 return
             started = time.perf_counter()
             new_ids, total = [token], total + 1
+            if self._crosses_rope_switch(total):
+                new_ids, past = self.prompt_ids + self.token_ids, self.session.empty_cache()
+
+    def _crosses_rope_switch(self, total: int) -> bool:
+        """LongRoPE: the step whose sequence first outgrows original_max_position_embeddings re-runs the whole
+        sequence, so every cached key is rotated with the long factors. That is what transformers' generate()
+        does (Phi3ForCausalLM.prepare_inputs_for_generation); keeping short-factor keys would drift from it."""
+        switch = self.session.config.rope_switch_length
+        return switch is not None and total == switch + 1
 
     def _record_time(self, started: float) -> None:
         # Only model time counts: the consumer's work between yields (printing, detokenizing) is excluded.

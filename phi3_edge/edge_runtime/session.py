@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from phi3_edge import io_spec
 from phi3_edge.errors import ArtifactError
+from phi3_edge.manifest import MANIFEST_NAME
 
 GENAI_CONFIG_NAME = "genai_config.json"
 DEFAULT_MODEL_FILE = "model.onnx"
@@ -38,6 +39,9 @@ class DecoderConfig:
     context_length: int
     vocab_size: int
     eos_token_ids: tuple[int, ...]
+    # LongRoPE: the length past which the long factors apply (None for plain RoPE). Read from manifest.json,
+    # since genai_config.json has no field for it and onnxruntime-genai rejects unknown keys.
+    rope_switch_length: int | None = None
 
 
 def read_decoder_config(folder: Path) -> DecoderConfig:
@@ -61,7 +65,19 @@ def read_decoder_config(folder: Path) -> DecoderConfig:
         context_length=_positive(model, "context_length", path),
         vocab_size=_positive(model, "vocab_size", path),
         eos_token_ids=_eos_ids(model.get("eos_token_id"), path),
+        rope_switch_length=_rope_switch_length(Path(folder)),
     )
+
+
+def _rope_switch_length(folder: Path) -> int | None:
+    """original_max_position_embeddings of a LongRoPE model, from the manifest's normalized config."""
+    try:
+        spec = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")).get("spec") or {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None  # a folder without our manifest: plain RoPE behaviour (what onnxruntime-genai does)
+    longrope = spec.get("longrope") if isinstance(spec, dict) else None
+    value = longrope.get("original_max_position_embeddings") if isinstance(longrope, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _positive(section: dict[str, Any], key: str, path: Path) -> int:
