@@ -37,7 +37,7 @@ class ExportResult:
 
 
 def export(model: str, target: str = "cpu-fp32", output: str | Path | None = None, *, force: bool = False,
-           require_tokenizer: bool = True, progress: bool | None = None) -> ExportResult:
+           require_tokenizer: bool = True, progress: bool | None = None, quant_algo: str = "rtn") -> ExportResult:
     """Export a Phi-3 checkpoint (local folder, hub id, short name or "demo") to an artifact folder."""
     import time
 
@@ -48,11 +48,15 @@ def export(model: str, target: str = "cpu-fp32", output: str | Path | None = Non
     from phi3_edge.exporter.progress import export_progress
     from phi3_edge.targets.table import get_target
 
+    from phi3_edge.quantize import QUANT_ALGOS
+
     started = time.perf_counter()
     try:
         chosen = get_target(target)
     except KeyError as exc:
         raise Phi3EdgeError(str(exc.args[0])) from None
+    if quant_algo not in QUANT_ALGOS:
+        raise Phi3EdgeError(f"unknown quantization algorithm {quant_algo!r}; valid: {', '.join(QUANT_ALGOS)}")
     if output is None:
         raise Phi3EdgeError("an output folder is required (--output)")
     output = Path(output)
@@ -61,14 +65,14 @@ def export(model: str, target: str = "cpu-fp32", output: str | Path | None = Non
     total_bytes = sum(path.stat().st_size for path in checkpoint.weight_files)
     with staged_artifact(output, force=force) as folder:
         with export_progress(total_bytes, spec.num_layers, progress) as hooks:
-            stats = export_graph(spec, chosen, checkpoint.weight_files, folder, on_tensor=hooks.on_tensor,
-                                 on_layer=hooks.on_layer)
-        _write_companions(folder, checkpoint, spec, chosen, stats)
+            stats = export_graph(spec, chosen, checkpoint.weight_files, folder, quant_algo=quant_algo,
+                                 on_tensor=hooks.on_tensor, on_layer=hooks.on_layer)
+        _write_companions(folder, checkpoint, spec, chosen, stats, quant_algo)
     size = sum(path.stat().st_size for path in output.iterdir() if path.is_file())
     return ExportResult(output, chosen.name, size, stats.nodes, time.perf_counter() - started, stats.fused_rotary)
 
 
-def _write_companions(folder: Path, checkpoint: Any, spec: Any, target: Any, stats: Any) -> None:
+def _write_companions(folder: Path, checkpoint: Any, spec: Any, target: Any, stats: Any, quant_algo: str) -> None:
     """Tokenizer files, genai_config.json and, last, manifest.json (it hashes everything else)."""
     from dataclasses import asdict
 
@@ -84,7 +88,9 @@ def _write_companions(folder: Path, checkpoint: Any, spec: Any, target: Any, sta
                                                                spec.vocab_size, target.io_dtype)]
     source = source_record(checkpoint.source, checkpoint.revision, checkpoint.root, checkpoint.all_files())
     recipe = {"weights": target.weight_format, "io_dtype": target.io_dtype, "fused_rotary": stats.fused_rotary,
-              "graph_nodes": stats.nodes}
+              "graph_nodes": stats.nodes, "bits": target.bits, "block_size": target.block_size,
+              "accuracy_level": target.accuracy_level,
+              "quant_algo": quant_algo if target.bits is not None else None}
     manifest = build_manifest(source=source, spec_json=spec.to_json(), target=asdict(target), recipe=recipe,
                               io_signature=signature, artifact_dir=folder)
     write_manifest(folder, manifest)

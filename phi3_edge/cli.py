@@ -89,13 +89,16 @@ class _ExportCommand(click.Command):
 @click.option("--output", "-o", type=click.Path(), help="Artifact folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
 @click.option("--no-tokenizer", is_flag=True, help="Export even when the checkpoint has no tokenizer.json.")
+@click.option("--quant-algo", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
+              help="int4/int8 rounding: rtn (round to nearest) or hqq (error-minimizing zero points, 4-bit).")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the artifact path.")
-def export(model: str, target: str, output: str | None, force: bool, no_tokenizer: bool, quiet: bool) -> None:
+def export(model: str, target: str, output: str | None, force: bool, no_tokenizer: bool, quant_algo: str,
+           quiet: bool) -> None:
     """Export a Phi-3 checkpoint to an ONNX Runtime artifact folder."""
     from phi3_edge import api
 
     result = api.export(model, target, output, force=force, require_tokenizer=not no_tokenizer,
-                        progress=False if quiet else None)
+                        progress=False if quiet else None, quant_algo=quant_algo)
     if quiet:
         click.echo(str(result.output))
         return

@@ -10,12 +10,13 @@ from pathlib import Path
 import onnx
 
 from phi3_edge.errors import CheckpointError
-from phi3_edge.exporter.blocks.linear import FloatLinear, Linear
+from phi3_edge.exporter.blocks.linear import Linear
 from phi3_edge.exporter.config import Phi3Spec
 from phi3_edge.exporter.decoder import DecoderPlan, build_decoder
 from phi3_edge.exporter.tensor_writer import TensorWriter
 from phi3_edge.exporter.weight_source import WeightSource
 from phi3_edge.exporter.weights import WeightStore
+from phi3_edge.quantize import linear_factory_for
 from phi3_edge.targets.table import Target
 
 MODEL_FILE = "model.onnx"
@@ -34,7 +35,7 @@ class GraphStats:
 
 
 def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...], folder: Path,
-                 *, linear_factory: LinearFactory | None = None,
+                 *, quant_algo: str = "rtn", linear_factory: LinearFactory | None = None,
                  on_tensor: Callable[[str, int], None] | None = None,
                  on_layer: Callable[[int], None] | None = None) -> GraphStats:
     started = time.perf_counter()
@@ -43,7 +44,7 @@ def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...],
     float_dtype = WEIGHT_DTYPES.get(target.weight_format, target.io_dtype)
     with WeightStore(weight_files) as store, TensorWriter(folder / DATA_FILE) as writer:
         source = WeightSource(store, writer, float_dtype=float_dtype, on_tensor=on_tensor)
-        linear = (linear_factory or FloatLinear)(source)
+        linear = (linear_factory or linear_factory_for(target, quant_algo))(source)
         model = build_decoder(spec, plan, source, linear, on_layer or (lambda layer: None))
         _check_all_used(store, spec, weight_files)
         data_bytes = writer.bytes_written

@@ -1,0 +1,226 @@
+"""Block-wise weight quantization along K, and the exact byte layout onnxruntime's MatMulNBits reads.
+
+A Linear weight arrives in the checkpoint's (N out, K in) layout. Each row is cut into blocks of
+`block_size` consecutive K elements (the last block zero-padded); every block gets its own scale and zero
+point, and MatMulNBits dequantizes as  w = (q - zero_point) * scale.  Pure numpy, one chunk of rows at a
+time: callers stream row blocks through here and never hold a whole tensor.
+
+Two algorithms:
+  * RTN (round to nearest) — symmetric (no zero-point input; MatMulNBits then uses 2^(bits-1)) or
+    asymmetric (uint8 zero points).
+  * HQQ (half-quadratic quantization) — asymmetric with *float* zero points, tuned per block by the HQQ
+    shrinkage iterations. MatMulNBits accepts zero points in the scales' float type, unpacked (N, n_blocks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SUPPORTED_BITS = (2, 4, 8)  # the widths MatMulNBits packs evenly into bytes
+
+
+@dataclass(frozen=True)
+class QuantizedBlocks:
+    q: np.ndarray  # uint8 (N, n_blocks, block_size), codes 0 .. 2^bits - 1
+    scales: np.ndarray  # float32 (N, n_blocks), exactly representable in the storage dtype
+    zero_points: np.ndarray | None  # uint8 (RTN) or float32 (HQQ) (N, n_blocks); None = symmetric default
+    bits: int
+    k: int  # K before padding: dequantize() trims back to it
+
+    @property
+    def block_size(self) -> int:
+        return int(self.q.shape[2])
+
+    def effective_zero_points(self) -> np.ndarray:
+        """Zero points as MatMulNBits applies them: 2^(bits-1) when none are given."""
+        if self.zero_points is None:
+            return np.full(self.scales.shape, 2 ** (self.bits - 1), dtype=np.float32)
+        return self.zero_points.astype(np.float32)
+
+
+def n_blocks(k: int, block_size: int) -> int:
+    return -(-k // block_size)
+
+
+def to_blocks(w: np.ndarray, block_size: int) -> np.ndarray:
+    """(N, K) float -> (N, n_blocks, block_size) float32, K zero-padded to a multiple of the block."""
+    rows, k = w.shape
+    padded = np.zeros((rows, n_blocks(k, block_size) * block_size), dtype=np.float32)
+    padded[:, :k] = w
+    return padded.reshape(rows, -1, block_size)  # (N, n_blocks, block)
+
+
+def check_bits_and_block(bits: int, block_size: int) -> None:
+    """ValueError unless MatMulNBits can take this width and block size."""
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two >= 16 (MatMulNBits' rule), got {block_size}")
+
+
+def _storable(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Round to what the initializer will hold, so codes are chosen against the scales ORT will really use."""
+    return x.astype(dtype).astype(np.float32)
+
+
+def _codes(blocks: np.ndarray, scales: np.ndarray, zero: np.ndarray | int, bits: int) -> np.ndarray:
+    """Nearest codes for (N, n_blocks, block) values given per-block scales and zero points."""
+    zero = np.broadcast_to(np.asarray(zero, dtype=np.float32), scales.shape)
+    return _round_clip(blocks / scales[..., None] + zero[..., None], 2**bits - 1).astype(np.uint8)
+
+
+def _round_clip(x: np.ndarray, qmax: int) -> np.ndarray:
+    """rint + clip to [0, qmax] in place (x is a temporary): ~2.5x faster than np.clip(np.rint(x))."""
+    np.rint(x, out=x)
+    np.minimum(x, qmax, out=x)
+    return np.maximum(x, 0, out=x)
+
+
+def _symmetric_scales(blocks: np.ndarray, bits: int) -> np.ndarray:
+    """Scales for the fixed zero point z = 2^(bits-1): codes reach -z steps on one side, z-1 on the other.
+
+    Give the extra step to whichever side of the block is larger, and fit the range without clipping:
+    scale = +max(max/(z-1), -min/z) or -max(-min/(z-1), max/z), the smaller magnitude (a negative scale
+    just mirrors the grid; MLAS' own quantizer emits them too). Every weight is then within |scale|/2.
+    Measured RMS error / RMS weight, N(0,1), blocks of 32, 4-bit: 0.0866 here; 0.0861 MLAS' absmax/-z
+    (clips the short side by up to a step); 0.092 positive-only fit; 0.095 absmax/7.5; 0.098 absmax/7.
+    """
+    z = 2 ** (bits - 1)
+    high, low = blocks.max(axis=-1), blocks.min(axis=-1)
+    positive = np.maximum(high / (z - 1), -low / z)  # z-1 steps up, z steps down
+    negative = np.maximum(-low / (z - 1), high / z)  # mirrored: z steps up
+    scales = np.where(positive <= negative, positive, -negative)
+    return np.where(scales != 0, scales, 1.0).astype(np.float32)  # all-zero block: any scale is exact
+
+
+def _range_scales(blocks: np.ndarray, qmax: int, scale_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(low end, scale) per block for asymmetric codes 0..qmax spanning [low, high].
+
+    The range always holds 0, as MLAS does: zero weights and the padding stay exact, and a constant block
+    cannot end up with a range nothing maps to. For real weights a block of one sign is rare enough that
+    this costs nothing measurable.
+    """
+    low = np.minimum(blocks.min(axis=-1), 0.0)
+    high = np.maximum(blocks.max(axis=-1), 0.0)
+    scales = np.where(high > low, (high - low) / qmax, 1.0).astype(np.float32)  # all-zero: any is exact
+    return low, _storable(scales, scale_dtype)
+
+
+def quantize_rtn(w: np.ndarray, bits: int, block_size: int, symmetric: bool,
+                 scale_dtype: str = "float32") -> QuantizedBlocks:
+    """Round-to-nearest block quantization of an (N, K) chunk; scales rounded to `scale_dtype` first."""
+    check_bits_and_block(bits, block_size)
+    blocks = to_blocks(w, block_size)  # (N, n_blocks, block)
+    if symmetric:
+        scales = _storable(_symmetric_scales(blocks, bits), scale_dtype)
+        return QuantizedBlocks(_codes(blocks, scales, 2 ** (bits - 1), bits), scales, None, bits, w.shape[1])
+    qmax = 2**bits - 1
+    low, scales = _range_scales(blocks, qmax, scale_dtype)
+    zero = np.clip(np.rint(-low / scales), 0, qmax).astype(np.uint8)
+    return QuantizedBlocks(_codes(blocks, scales, zero, bits), scales, zero, bits, w.shape[1])
+
+
+def dequantize(blocks: QuantizedBlocks) -> np.ndarray:
+    """(N, K) float32 as MatMulNBits sees the weight: (q - zero_point) * scale, padding trimmed."""
+    zero = blocks.effective_zero_points()
+    w = (blocks.q.astype(np.float32) - zero[..., None]) * blocks.scales[..., None]  # (N, n_blocks, block)
+    return w.reshape(w.shape[0], -1)[:, : blocks.k]
+
+
+# --- HQQ -----------------------------------------------------------------------------------------------
+
+def _shrink_lp(x: np.ndarray, beta: float, p: float) -> np.ndarray:
+    """Proximal operator of |x|^p (p < 1): soft-threshold that spares large residuals (outliers)."""
+    magnitude = np.abs(x)
+    kept = magnitude - np.exp((p - 1) * np.log(magnitude + 1e-8)) / beta  # |x|^(p-1); exp/log: 1.5x faster
+    return np.copysign(np.maximum(kept, 0.0, out=kept), x)
+
+
+def _hqq_zero(blocks: np.ndarray, inv_scale: np.ndarray, zero: np.ndarray, qmax: int, iters: int,
+              p: float = 0.7, beta: float = 10.0, kappa: float = 1.01) -> np.ndarray:
+    """HQQ's alternating minimisation over the zero point (scale fixed), keeping each block's best iterate.
+
+    The iterate is judged by the per-block mean |W - dequant(quant(W))|, the criterion onnxruntime's HQQ
+    tracks; but onnxruntime stops the whole tensor at its first non-improving step, while keeping the best
+    per block makes the result independent of how rows are chunked and never worse than the start.
+    """
+    inv = inv_scale[..., None]  # (N, n_blocks, 1)
+    scaled = blocks * inv  # weights in code units: the error ranks blocks alike there (one scale per block)
+    best_zero, best_err = zero, np.full(zero.shape, np.inf, dtype=np.float32)
+    for step in range(iters + 1):
+        q = _round_clip(scaled + zero[..., None], qmax)
+        error = scaled - (q - zero[..., None])  # (N, n_blocks, block), code units
+        err = np.abs(error).mean(axis=-1)
+        improved = err < best_err
+        best_zero, best_err = np.where(improved, zero, best_zero), np.where(improved, err, best_err)
+        if step == iters:
+            break
+        residual = _shrink_lp(error / inv, beta, p)  # the shrinkage threshold lives in weight units
+        zero = np.mean(q - scaled + residual * inv, axis=-1)
+        beta *= kappa
+    return best_zero
+
+
+def quantize_hqq(w: np.ndarray, bits: int, block_size: int, iters: int = 20,
+                 scale_dtype: str = "float32") -> QuantizedBlocks:
+    """HQQ: RTN's scales, float32 zero points optimised for the l_p (p=0.7) reconstruction error.
+
+    MatMulNBits takes such zero points unpacked in the scales' dtype. Rounding them back to integers
+    (what an 8-bit CPU kernel would need) measured no gain over RTN: the rounded optimum is RTN's zero point.
+    """
+    check_bits_and_block(bits, block_size)
+    qmax = 2**bits - 1
+    blocks = to_blocks(w, block_size)  # (N, n_blocks, block)
+    low, scales = _range_scales(blocks, qmax, scale_dtype)  # HQQ keeps the scale: it tunes zero points
+    inv_scale = 1.0 / scales  # HQQ works with w * inv_scale + zero to avoid divisions
+    zero = _hqq_zero(blocks, inv_scale, np.clip(np.rint(-low * inv_scale), 0, qmax), qmax, iters)
+    zero = _storable(np.clip(zero, 0, qmax).astype(np.float32), scale_dtype)
+    return QuantizedBlocks(_codes(blocks, scales, zero, bits), scales, zero, bits, w.shape[1])
+
+
+# --- MatMulNBits packing -------------------------------------------------------------------------------
+
+def _pack_last_axis(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack codes along the last axis, 8/bits per byte, element j of a group in bits [j*bits, (j+1)*bits)."""
+    per_byte = 8 // bits
+    groups = values.reshape(*values.shape[:-1], -1, per_byte).astype(np.uint8)  # (..., bytes, per_byte)
+    packed = np.zeros(groups.shape[:-1], dtype=np.uint8)
+    for j in range(per_byte):
+        packed |= groups[..., j] << np.uint8(bits * j)
+    return packed
+
+
+def _unpack_last_axis(packed: np.ndarray, bits: int) -> np.ndarray:
+    per_byte = 8 // bits
+    mask = np.uint8(2**bits - 1)
+    parts = [(packed >> np.uint8(bits * j)) & mask for j in range(per_byte)]
+    return np.stack(parts, axis=-1).reshape(*packed.shape[:-1], -1)  # (..., bytes * per_byte)
+
+
+def pack_weights(q: np.ndarray, bits: int) -> np.ndarray:
+    """(N, n_blocks, block) codes -> MatMulNBits B: uint8 (N, n_blocks, block * bits / 8)."""
+    return _pack_last_axis(q, bits)
+
+
+def unpack_weights(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of pack_weights: (N, n_blocks, blob) -> (N, n_blocks, block) codes."""
+    return _unpack_last_axis(packed, bits)
+
+
+def pack_zero_points(zero_points: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 (N, n_blocks) -> MatMulNBits' packed zero points uint8 (N, ceil(n_blocks * bits / 8)).
+
+    Same low-bits-first packing as B, along the block axis; the padding slot of an odd count is unused.
+    """
+    per_byte = 8 // bits
+    rows, count = zero_points.shape
+    padded = np.zeros((rows, -(-count // per_byte) * per_byte), dtype=np.uint8)
+    padded[:, :count] = zero_points
+    return _pack_last_axis(padded, bits)
+
+
+def unpack_zero_points(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack_zero_points: the first `count` (= n_blocks) zero points of each row."""
+    return _unpack_last_axis(packed, bits)[:, :count]

@@ -1,0 +1,134 @@
+"""NBitsLinear: a checkpoint Linear weight streamed into onnxruntime's MatMulNBits.
+
+    x (..., K) ─► MatMulNBits(B, scales[, zero_points]) ─► (..., N)        y = x @ dequant(B).T
+
+Initializers, exactly as onnxruntime 1.32 checks them (CPU kernel and schema):
+    B            uint8 (N, n_blocks, block_size * bits / 8)     codes packed low bits first along K
+    scales       io float dtype (N, n_blocks)
+    zero_points  RTN asymmetric: uint8 (N, ceil(n_blocks * bits / 8)), packed like B
+                 HQQ: io float dtype (N, n_blocks), non-integer zero points
+                 symmetric: absent (the kernel then uses 2^(bits-1))
+
+One pass over the checkpoint rows: the packed codes stream straight into the data file chunk by chunk,
+while the scales and zero points of each chunk are kept until the codes are written and then written as
+their own tensors. They are small: a 32-weight block takes 64 bytes in a bf16 checkpoint and its scale 4
+(fp32) or 2 (fp16) bytes, so at most 1/16 of the source tensor (23 MB for Phi-3-medium's gate_up_proj).
+A second pass would instead read every weight twice, and for HQQ iterate twice, which dominates export time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import TensorProto
+
+from phi3_edge.exporter.blocks.linear import Rows, node_prefix
+from phi3_edge.exporter.graph import MS_DOMAIN, GraphBuilder
+from phi3_edge.exporter.weight_source import WeightSource
+from phi3_edge.exporter.weights import TensorInfo
+from phi3_edge.quantize.blockwise import (
+    QuantizedBlocks, check_bits_and_block, n_blocks, pack_weights, pack_zero_points, quantize_hqq, quantize_rtn,
+)
+
+ALGOS = ("rtn", "hqq")
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 (MatMulNBits' accuracy_level attribute)
+HQQ_BITS = (2, 4)  # HQQ needs float zero points, which ORT 1.32's CPU kernel rejects with 8-bit weights
+
+
+def check_recipe(bits: int, block_size: int, accuracy_level: int, symmetric: bool, algo: str) -> None:
+    """ValueError for a recipe MatMulNBits (or the algorithm) cannot take."""
+    check_bits_and_block(bits, block_size)
+    if algo not in ALGOS:
+        raise ValueError(f"unknown quantization algorithm {algo!r}; expected one of {', '.join(ALGOS)}")
+    if algo == "hqq" and symmetric:
+        raise ValueError("HQQ optimises zero points: it is asymmetric by construction (symmetric=False)")
+    if algo == "hqq" and bits not in HQQ_BITS:
+        raise ValueError(f"HQQ is available for {HQQ_BITS} bits: its float zero points are rejected by "
+                         f"onnxruntime's CPU MatMulNBits at {bits} bits (use rtn)")
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise ValueError(f"accuracy_level must be one of {ACCURACY_LEVELS}, got {accuracy_level}")
+
+
+@dataclass
+class _SideTensors:
+    """Per-chunk scales and zero points, held until the packed codes of the same pass are written."""
+    scales: list[np.ndarray] = field(default_factory=list)
+    zero_points: list[np.ndarray] = field(default_factory=list)
+
+
+class NBitsLinear:
+    def __init__(self, source: WeightSource, *, bits: int, block_size: int, accuracy_level: int = 0,
+                 symmetric: bool = True, algo: str = "rtn", hqq_iters: int = 20) -> None:
+        check_recipe(bits, block_size, accuracy_level, symmetric, algo)
+        self.source = source
+        self.bits = bits
+        self.block_size = block_size
+        self.accuracy_level = accuracy_level
+        self.symmetric = symmetric
+        self.algo = algo
+        self.hqq_iters = hqq_iters
+
+    @property
+    def scale_dtype(self) -> str:
+        return self.source.float_dtype  # for quantized formats the exporter sets this to the io dtype
+
+    def __call__(self, g: GraphBuilder, x: str, hf_name: str, in_features: int, out_features: int, *,
+                 rows: Rows | None = None, label: str | None = None) -> str:
+        stem = node_prefix(hf_name, label)
+        info = self.source.info_with_rows(hf_name, in_features, rows, out_features)
+        first, last = rows or (0, out_features)
+        tensors = self._write(info, first, last, f"{stem}.MatMulNBits")
+        out = g.op("MatMulNBits", [x, *(g.add_initializer(t) for t in tensors)], name=f"{stem}/MatMulNBits",
+                   domain=MS_DOMAIN, K=in_features, N=out_features, bits=self.bits, block_size=self.block_size,
+                   accuracy_level=self.accuracy_level)  # (..., N)
+        self.source.report(hf_name, info.nbytes * (last - first) // info.shape[0])
+        assert isinstance(out, str)
+        return out
+
+    def quantize(self, w: np.ndarray) -> QuantizedBlocks:
+        """One (rows, K) float32 chunk, quantized as this layer's recipe says."""
+        if self.algo == "hqq":
+            return quantize_hqq(w, self.bits, self.block_size, self.hqq_iters, scale_dtype=self.scale_dtype)
+        return quantize_rtn(w, self.bits, self.block_size, self.symmetric, scale_dtype=self.scale_dtype)
+
+    def _write(self, info: TensorInfo, first: int, last: int, name: str) -> list[TensorProto]:
+        """B, scales and (unless symmetric) zero points of rows [first, last), from one pass."""
+        n, k = last - first, info.shape[1]
+        blocks = n_blocks(k, self.block_size)
+        side = _SideTensors()
+        writer = self.source.writer
+        tensors = [writer.write(f"{name}.qweight", (n, blocks, self.block_size * self.bits // 8), "uint8",
+                                self._packed_chunks(info, first, last, side))]
+        tensors.append(writer.write(f"{name}.scales", (n, blocks), self.scale_dtype, side.scales))
+        if side.zero_points:
+            zero = side.zero_points[0]
+            tensors.append(writer.write(f"{name}.zero_points", (n, zero.shape[1]), str(zero.dtype),
+                                        side.zero_points))
+        return tensors
+
+    def _packed_chunks(self, info: TensorInfo, first: int, last: int, side: _SideTensors) -> Iterator[np.ndarray]:
+        for rows in _row_range(self.source, info, first, last):
+            quantized = self.quantize(rows)
+            side.scales.append(quantized.scales.astype(self.scale_dtype))
+            if quantized.zero_points is not None:
+                side.zero_points.append(self._zero_point_input(quantized.zero_points))
+            yield pack_weights(quantized.q, self.bits)  # (rows, n_blocks, blob)
+
+    def _zero_point_input(self, zero_points: np.ndarray) -> np.ndarray:
+        """uint8 codes are packed like B; float (HQQ) zero points go unpacked in the scales' dtype."""
+        if zero_points.dtype == np.uint8:
+            return pack_zero_points(zero_points, self.bits)  # (rows, ceil(n_blocks * bits / 8))
+        return zero_points.astype(self.scale_dtype)  # (rows, n_blocks)
+
+
+def _row_range(source: WeightSource, info: TensorInfo, first: int, last: int) -> Iterator[np.ndarray]:
+    """float32 rows [first, last) of a 2-D checkpoint tensor in chunks of about source.chunk_bytes.
+
+    Like WeightSource.row_blocks, but for a row range (Q, K or V out of a packed qkv_proj) so that a split
+    projection reads only its own rows.
+    """
+    step = max(1, source.chunk_bytes // (4 * max(1, info.shape[1])))
+    for start in range(first, last, step):
+        yield source.store.read_rows(info, start, min(last, start + step))
