@@ -13,6 +13,8 @@ from phi3_edge.errors import CheckpointError
 from phi3_edge.exporter.blocks.linear import Linear
 from phi3_edge.exporter.config import Phi3Spec
 from phi3_edge.exporter.decoder import DecoderPlan, build_decoder
+from phi3_edge.exporter.graph import GraphBuilder
+from phi3_edge.exporter.heads import HeadOptions, make_heads
 from phi3_edge.exporter.tensor_writer import TensorWriter
 from phi3_edge.exporter.weight_source import WeightSource
 from phi3_edge.exporter.weights import WeightStore
@@ -32,10 +34,12 @@ class GraphStats:
     data_bytes: int
     seconds: float
     fused_rotary: bool
+    heads: dict[str, str]  # what the embedding and lm_head became (float, int4 MatMulNBits, shared table)
 
 
 def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...], folder: Path,
-                 *, quant_algo: str = "rtn", linear_factory: LinearFactory | None = None,
+                 *, quant_algo: str = "rtn", head_options: HeadOptions = HeadOptions(),
+                 linear_factory: LinearFactory | None = None,
                  on_tensor: Callable[[str, int], None] | None = None,
                  on_layer: Callable[[int], None] | None = None) -> GraphStats:
     started = time.perf_counter()
@@ -45,12 +49,14 @@ def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...],
     with WeightStore(weight_files) as store, TensorWriter(folder / DATA_FILE) as writer:
         source = WeightSource(store, writer, float_dtype=float_dtype, on_tensor=on_tensor)
         linear = (linear_factory or linear_factory_for(target, quant_algo))(source)
-        model = build_decoder(spec, plan, source, linear, on_layer or (lambda layer: None))
+        g = GraphBuilder("phi3_decoder")
+        heads = make_heads(g, spec, target, source, linear, head_options)
+        model = build_decoder(g, spec, plan, source, linear, heads, on_layer or (lambda layer: None))
         _check_all_used(store, spec, weight_files)
         data_bytes = writer.bytes_written
     onnx.save_model(model, folder / MODEL_FILE)
     return GraphStats(len(model.graph.node), data_bytes, time.perf_counter() - started,
-                      plan.rotary_is_fused(spec))
+                      plan.rotary_is_fused(spec), heads.description)
 
 
 def _check_all_used(store: WeightStore, spec: Phi3Spec, weight_files: tuple[Path, ...]) -> None:

@@ -18,13 +18,13 @@ from onnx import numpy_helper
 
 from phi3_edge import io_spec
 from phi3_edge.exporter.blocks.attention import AttentionInputs, AttentionShape, KvCache, attention
-from phi3_edge.exporter.blocks.embedding import embed_tokens
 from phi3_edge.exporter.blocks.linear import Linear
 from phi3_edge.exporter.blocks.mlp import mlp
 from phi3_edge.exporter.blocks.norm import rms_norm, skip_rms_norm
 from phi3_edge.exporter.blocks.rope import rotary_caches, stacked_rotary_caches
 from phi3_edge.exporter.config import Phi3Spec
 from phi3_edge.exporter.graph import GraphBuilder, value_info
+from phi3_edge.exporter.heads import Heads
 from phi3_edge.exporter.weight_source import WeightSource
 
 INLINE_LIMIT_BYTES = 1024  # smaller arrays live in model.onnx; the rest go to the external data file
@@ -52,9 +52,8 @@ def local_window_size(spec: Phi3Spec) -> int:
     return spec.sliding_window if spec.sliding_window is not None else -1
 
 
-def build_decoder(spec: Phi3Spec, plan: DecoderPlan, source: WeightSource, linear: Linear,
-                  on_layer: Callable[[int], None] = lambda layer: None) -> onnx.ModelProto:
-    g = GraphBuilder("phi3_decoder")
+def build_decoder(g: GraphBuilder, spec: Phi3Spec, plan: DecoderPlan, source: WeightSource, linear: Linear,
+                  heads: Heads, on_layer: Callable[[int], None] = lambda layer: None) -> onnx.ModelProto:
     initializer = _array_initializer(g, source)
     seqlens_k, total_len_i64, total_len = _sequence_lengths(g)
     fused = plan.rotary_is_fused(spec)
@@ -68,9 +67,7 @@ def build_decoder(spec: Phi3Spec, plan: DecoderPlan, source: WeightSource, linea
     shape = AttentionShape(spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.rotary_dim,
                            local_window_size(spec), fused, plan.packed_qkv)
 
-    table = g.add_initializer(source.as_is("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size),
-                                           "model.embed_tokens.weight"))
-    hidden = embed_tokens(g, io_spec.INPUT_IDS, table)  # (B, S, H)
+    hidden = heads.embed(g, io_spec.INPUT_IDS)  # (B, S, H)
     residual: str | None = None
     for layer in range(spec.num_layers):
         prefix = f"model.layers.{layer}"
@@ -90,8 +87,7 @@ def build_decoder(spec: Phi3Spec, plan: DecoderPlan, source: WeightSource, linea
 
     final_norm = _norm_weight(g, source, spec, "model.norm.weight")
     normed, _ = skip_rms_norm(g, hidden, residual or hidden, final_norm, spec.rms_norm_eps, "model/norm")
-    head = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"
-    logits = linear(g, normed, head, spec.hidden_size, spec.vocab_size)  # (B, S, V)
+    logits = heads.lm_head(g, normed)  # (B, S, V)
     g.rename_value(logits, io_spec.LOGITS)
     return g.model(_graph_inputs(spec, plan), _graph_outputs(spec, plan))
 

@@ -79,11 +79,23 @@ class NBitsLinear:
         stem = node_prefix(hf_name, label)
         info = self.source.info_with_rows(hf_name, in_features, rows, out_features)
         first, last = rows or (0, out_features)
-        tensors = self._write(info, first, last, f"{stem}.MatMulNBits")
-        out = g.op("MatMulNBits", [x, *(g.add_initializer(t) for t in tensors)], name=f"{stem}/MatMulNBits",
-                   domain=MS_DOMAIN, K=in_features, N=out_features, bits=self.bits, block_size=self.block_size,
-                   accuracy_level=self.accuracy_level)  # (..., N)
+        tensors = [g.add_initializer(t) for t in self._write(info, first, last, f"{stem}.MatMulNBits")]
         self.source.report(hf_name, info.nbytes * (last - first) // info.shape[0])
+        return self.matmul(g, x, tensors, in_features, out_features, stem)
+
+    def write_initializers(self, g: GraphBuilder, hf_name: str, shape: tuple[int, int], stem: str) -> list[str]:
+        """Quantize a whole (N, K) checkpoint tensor once; returns [B, scales(, zero_points)] initializer names,
+        for callers that use them in more than one node (a tied embedding table and lm_head)."""
+        info = self.source.info(hf_name, shape)
+        tensors = [g.add_initializer(t) for t in self._write(info, 0, shape[0], stem)]
+        self.source.report(hf_name, info.nbytes)
+        return tensors
+
+    def matmul(self, g: GraphBuilder, x: str, tensors: list[str], in_features: int, out_features: int,
+               stem: str) -> str:
+        out = g.op("MatMulNBits", [x, *tensors], name=f"{stem}/MatMulNBits", domain=MS_DOMAIN, K=in_features,
+                   N=out_features, bits=self.bits, block_size=self.block_size,
+                   accuracy_level=self.accuracy_level)  # (..., N)
         assert isinstance(out, str)
         return out
 

@@ -46,3 +46,21 @@ def test_genai_generates_reference_tokens(tiny_checkpoint, tmp_path: Path, varia
     export(str(checkpoint), target="cpu-fp32", output=tmp_path / "art", progress=False)
     ref = hf_reference(checkpoint, ids, NEW_TOKENS - 1)
     assert genai_greedy(tmp_path / "art", ids, NEW_TOKENS) == ref.tokens
+
+
+@pytest.mark.parametrize("variant", ["gqa", "partial_tied_wide"])
+@pytest.mark.parametrize("target", ["cpu-int4", "cpu-int8"])
+def test_genai_runs_quantized_artifacts(tiny_checkpoint, tmp_path: Path, variant: str, target: str) -> None:
+    """Quantized graphs (MatMulNBits, shared GatherBlockQuantized table) in genai give our loop's tokens."""
+    import numpy as np
+    from fixtures.reference import ort_incremental
+
+    from phi3_edge.exporter.config import load_spec
+
+    checkpoint = tiny_checkpoint(variant)
+    spec = load_spec(checkpoint / "config.json")
+    ids = np.random.default_rng(4).integers(0, 352, size=12).tolist()
+    export(str(checkpoint), target=target, output=tmp_path / "art", progress=False)
+    ours = ort_incremental(tmp_path / "art" / "model.onnx", ids, NEW_TOKENS - 1, spec.num_layers,
+                           spec.num_kv_heads, spec.head_dim)
+    assert genai_greedy(tmp_path / "art", ids, NEW_TOKENS) == ours.tokens
