@@ -15,6 +15,7 @@ from phi3_edge.exporter.config import Phi3Spec
 from phi3_edge.exporter.decoder import DecoderPlan, build_decoder
 from phi3_edge.exporter.graph import GraphBuilder
 from phi3_edge.exporter.heads import HeadOptions, make_heads
+from phi3_edge.exporter.ort_format import write_ort_format
 from phi3_edge.exporter.tensor_writer import TensorWriter
 from phi3_edge.exporter.weight_source import WeightSource
 from phi3_edge.exporter.weights import WeightStore
@@ -35,6 +36,7 @@ class GraphStats:
     seconds: float
     fused_rotary: bool
     heads: dict[str, str]  # what the embedding and lm_head became (float, int4 MatMulNBits, shared table)
+    ort_format: str | None  # mobile targets: what happened to model.ort (written, or skipped and why)
 
 
 def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...], folder: Path,
@@ -55,8 +57,9 @@ def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...],
         _check_all_used(store, spec, weight_files)
         data_bytes = writer.bytes_written
     onnx.save_model(model, folder / MODEL_FILE)
+    ort_format = write_ort_format(folder, MODEL_FILE, DATA_FILE) if target.ort_format else None
     return GraphStats(len(model.graph.node), data_bytes, time.perf_counter() - started,
-                      plan.rotary_is_fused(spec), heads.description)
+                      plan.rotary_is_fused(spec), heads.description, ort_format)
 
 
 def _check_all_used(store: WeightStore, spec: Phi3Spec, weight_files: tuple[Path, ...]) -> None:
