@@ -39,6 +39,7 @@ class Shape:
 
 SHAPES: dict[str, Shape] = {
     "medium": Shape(5120, 17920, 40, 10, 32064, 4096, 2047),  # Phi-3-medium-4k-instruct
+    "mini": Shape(3072, 8192, 32, 32, 32064, 4096, 2047),  # Phi-3-mini-4k-instruct (MHA: 32 KV heads, head_dim 96)
     "tiny": Shape(256, 512, 8, 2, 1024, 4096, 2047),  # for smoke-testing the bench itself
 }
 
@@ -154,5 +155,54 @@ def ensure_checkpoint(work: Path, layers: int, shape_name: str = "medium", seed:
     generation = {"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": EOS}
     (folder / "generation_config.json").write_text(json.dumps(generation) + "\n", encoding="utf-8")
     write_tokenizer(folder)
+    (folder / ".complete").touch()
+    return folder
+
+
+# --- Phi-3-mini shapes with a real (byte-level BPE) tokenizer, for bench/quant_fidelity.py -------------------
+
+FIDELITY_SHAPE = Shape(3072, 8192, 32, 32, 32064, 4096, 2047)  # Phi-3-mini-4k-instruct, head_dim 96
+FIDELITY_VERSION = 1  # bump when write_fidelity_checkpoint's files change
+
+
+def write_bpe_tokenizer(folder: Path, vocab_size: int = 2048) -> None:
+    """A byte-level BPE tokenizer trained on the built-in evaluation prompts.
+
+    The 13-word tokenizer of write_tokenizer() would turn the prompts into <unk> runs; fidelity numbers need
+    varied token sequences. Loads with `tokenizers` and with AutoTokenizer (the genai builder saves it through
+    transformers). Its ids only reach a few thousand of the model's 32064 rows; with random weights the rows
+    a token selects do not matter, only that consecutive positions differ.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from phi3_edge.evaluate.texts import PROMPTS
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([line for text in PROMPTS for line in text.splitlines(keepends=True)], trainer)
+    tokenizer.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
+              "pad_token": "<|endoftext|>", "bos_token": None, "unk_token": None, "model_max_length": 4096}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def write_fidelity_checkpoint(work: Path, layers: int, seed: int = 0) -> Path:
+    """Cached random bf16 checkpoint of Phi-3-mini shapes (untied, MHA 32/32) with write_bpe_tokenizer()."""
+    folder = work / f"fidelity-checkpoint-mini-L{layers}-s{seed}-v{FIDELITY_VERSION}"
+    if (folder / ".complete").is_file():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    write_safetensors(folder / "model.safetensors", tensor_shapes(FIDELITY_SHAPE, layers), seed)
+    config = config_json(FIDELITY_SHAPE, layers)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    generation = {"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": EOS}
+    (folder / "generation_config.json").write_text(json.dumps(generation) + "\n", encoding="utf-8")
+    write_bpe_tokenizer(folder)
     (folder / ".complete").touch()
     return folder

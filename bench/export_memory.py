@@ -32,7 +32,7 @@ BUILDER_INT4 = ["--extra_options", "block_size=32", "accuracy_level=4"]
 EDGE_CODE = (
     "import sys; from phi3_edge.api import export; "
     "export(model=sys.argv[1], target=sys.argv[2], output=sys.argv[3], force=True, require_tokenizer=False, "
-    "progress=False)"
+    "progress=False, fidelity=False)"  # the export alone: the accuracy gate's fp32 pass is not the builder's job
 )
 
 

@@ -91,14 +91,26 @@ class _ExportCommand(click.Command):
 @click.option("--no-tokenizer", is_flag=True, help="Export even when the checkpoint has no tokenizer.json.")
 @click.option("--quant-algo", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
               help="int4/int8 rounding: rtn (round to nearest) or hqq (error-minimizing zero points, 4-bit).")
+@click.option("--lm-head", type=click.Choice(["float", "int8", "int4"]), default=None,
+              help="Precision of lm_head (default: as the rest of the target's weights).")
+@click.option("--embeddings", type=click.Choice(["float", "quantized"]), default=None,
+              help="Embedding table format (default: quantized and shared with lm_head for tied models "
+                   "when lm_head is quantized, else float).")
+@click.option("--max-kl", type=click.FloatRange(min=0), default=None,
+              help="Accuracy gate: fail (and write nothing) when the quantized export's mean next-token KL "
+                   "to a cpu-fp32 export of the same checkpoint exceeds this (float targets always pass).")
+@click.option("--no-fidelity", is_flag=True,
+              help="Skip measuring a quantized export against cpu-fp32 (recorded as null; for huge models).")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the artifact path.")
 def export(model: str, target: str, output: str | None, force: bool, no_tokenizer: bool, quant_algo: str,
+           lm_head: str | None, embeddings: str | None, max_kl: float | None, no_fidelity: bool,
            quiet: bool) -> None:
     """Export a Phi-3 checkpoint to an ONNX Runtime artifact folder."""
     from phi3_edge import api
 
     result = api.export(model, target, output, force=force, require_tokenizer=not no_tokenizer,
-                        progress=False if quiet else None, quant_algo=quant_algo)
+                        progress=False if quiet else None, quant_algo=quant_algo,
+                        lm_head=lm_head, embeddings=embeddings, max_kl=max_kl, fidelity=not no_fidelity)
     if quiet:
         click.echo(str(result.output))
         return
@@ -113,26 +125,184 @@ def export(model: str, target: str, output: str | None, force: bool, no_tokenize
     Console().print(table)
 
 
-@main.command()
-@click.argument("folder", metavar="DIR")
-@click.argument("prompt")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
-def run(folder: str, prompt: str, max_new_tokens: int) -> None:
-    """Complete PROMPT with the model in artifact folder DIR (greedy), streaming to stdout."""
-    from phi3_edge import api
+BACKEND_CHOICES = ("ort", "genai")
 
-    stream = api.load(folder).stream(prompt, max_new_tokens=max_new_tokens)
+
+def _generation_options(command: Any) -> Any:
+    """The generation options `run` and `chat` share (GenerationOptions' fields)."""
+    options = [
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="Sampling temperature; 0 = greedy."),
+        click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Sample from the k most likely tokens; 0 = off."),
+        click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+                     help="Sample from the smallest set of tokens whose probability reaches p."),
+        click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=1.0,
+                     show_default=True, help="Penalize tokens already in the sequence (> 1 discourages)."),
+        click.option("--seed", type=int, default=None, help="Random seed: the same seed gives the same sample."),
+        click.option("--stop", multiple=True, help="Stop before this text (repeatable)."),
+        click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="ort", show_default=True,
+                     help="ort: our onnxruntime loop; genai: onnxruntime-genai."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _echo_stream(stream: Any) -> None:
     for piece in stream:
         click.echo(piece, nl=False)
         sys.stdout.flush()  # show each piece as it arrives, even when stdout is a pipe
     click.echo()
-    result = stream.result
+
+
+def _echo_stats(result: Any) -> None:
     click.echo(
         f"{len(result.token_ids)} tokens, {result.tokens_per_second:.1f} tok/s decode, "
         f"prefill {result.prefill_seconds * 1000:.0f} ms ({result.prompt_tokens} prompt tokens), "
         f"stop: {result.stop_reason}",
         err=True,
     )
+
+
+@main.command()
+@click.argument("folder", metavar="DIR")
+@click.argument("prompt")
+@_generation_options
+@click.option("--chat", "as_chat", is_flag=True, help="Send PROMPT as a user message through the chat template.")
+@click.option("--system", help="System message (with --chat).")
+def run(folder: str, prompt: str, backend: str, as_chat: bool, system: str | None, **generation: Any) -> None:
+    """Complete PROMPT with the model in artifact folder DIR, streaming to stdout (greedy unless sampling)."""
+    from phi3_edge import api
+
+    model = api.load(folder, backend=backend)
+    request: Any = prompt
+    if as_chat:
+        request = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    stream = model.stream(request, **generation)
+    _echo_stream(stream)
+    _echo_stats(stream.result)
+
+
+@main.command()
+@click.argument("folder", metavar="DIR")
+@click.option("--system", help="System message at the start of the conversation.")
+@click.option("--truncate", is_flag=True, help="Drop the oldest turns when the conversation outgrows the context.")
+@_generation_options
+def chat(folder: str, system: str | None, truncate: bool, backend: str, **generation: Any) -> None:
+    """Chat with the model in DIR: one user message per line on stdin; `/exit` or end of input ends it."""
+    from phi3_edge import api
+
+    model = api.load(folder, backend=backend)
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    stdin = sys.stdin
+    while True:
+        if stdin.isatty():
+            click.echo("> ", nl=False, err=True)
+        line = stdin.readline()
+        text = line.strip()
+        if not line or text == "/exit":
+            return
+        if not text:
+            continue
+        messages.append({"role": "user", "content": text})
+        try:
+            stream = model.stream(messages, truncate=truncate, **generation)
+        except Phi3EdgeError as exc:  # e.g. the conversation outgrew the context: say so, keep chatting
+            messages.pop()
+            click.echo(f"error: {' '.join(str(exc).splitlines())}", err=True)
+            continue
+        _echo_stream(stream)
+        messages.append({"role": "assistant", "content": stream.result.text})
+
+
+@main.command()
+@click.argument("folder", metavar="DIR")
+@click.option("--prompt-len", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--gen-len", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="ort", show_default=True)
+@click.option("--bandwidth-mb", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Array size for the memory-bandwidth copy that the roofline uses.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Timed generations after the warm-up; the best TTFT and decode time are reported.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def bench(folder: str, prompt_len: int, gen_len: int, backend: str, bandwidth_mb: int, repeats: int,
+          as_json: bool) -> None:
+    """TTFT, prefill/decode tokens/s, peak RSS and decode roofline ratio of the model in DIR."""
+    from phi3_edge.edge_runtime.bench import run_bench
+
+    report = run_bench(folder, prompt_len, gen_len, backend=backend, bandwidth_mb=bandwidth_mb, repeats=repeats)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    rows = [("backend", report.backend), ("prompt / new tokens", f"{prompt_len} / {gen_len}"),
+            ("TTFT", f"{report.ttft_s * 1000:.1f} ms"), ("prefill", f"{report.prefill_tps:.1f} tok/s"),
+            ("decode", f"{report.decode_tps:.2f} tok/s"), ("peak RSS", f"{report.peak_rss_mb:.0f} MB"),
+            ("memory bandwidth", f"{report.bandwidth_gbps:.1f} GB/s"),
+            ("weights read / token", f"{report.weight_bytes / 1e6:.1f} MB"),
+            ("decode roofline", f"{report.roofline_tps:.2f} tok/s"),
+            ("roofline ratio", f"{report.roofline_ratio:.2f}")]
+    _print_table(f"bench {folder}", ("metric", "value"), rows)
+
+
+@main.command("inspect")
+@click.argument("folder", metavar="DIR")
+def inspect_command(folder: str) -> None:
+    """Op census, I/O signature, file sizes and manifest summary of artifact folder DIR."""
+    from phi3_edge.edge_runtime.artifact_info import inspect_artifact
+
+    info = inspect_artifact(folder)
+    ops = sorted(info.graph.ops.items(), key=lambda item: (-item[1], item[0]))
+    _print_table("op census", ("op", "nodes"), [(op, str(count)) for op, count in ops])
+    io = [(direction, t.name, t.dtype, f"[{', '.join(str(d) for d in t.shape)}]")
+          for direction, values in (("in", info.graph.inputs), ("out", info.graph.outputs)) for t in values]
+    _print_table("I/O signature", ("", "name", "dtype", "shape"), io)
+    files = [(name, _size(size)) for name, size in info.files] + [("total", _size(info.total_bytes))]
+    _print_table("files", ("file", "size"), files)
+    _print_table("manifest", ("", ""), info.summary_rows())
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))  # "[batch_size, ...]" is data, not rich markup
+    Console().print(table)
+
+
+@main.command()
+@click.argument("folder", metavar="DIR")
+def verify(folder: str) -> None:
+    """Check artifact folder DIR against manifest.json: every file's size and sha256, the graph's I/O
+    signature, and external data staying inside the folder. Exits 1 with a one-line reason when damaged."""
+    from pathlib import Path
+
+    from phi3_edge.integrity import DAMAGED, check_artifact
+
+    report = check_artifact(Path(folder))  # full hashes, never the stamp; a good result refreshes the stamp
+
+    def status(problem: str | None) -> str:
+        return "ok" if problem is None else problem.removeprefix(f"{DAMAGED}: ")
+
+    rows = [(f.name, "-" if f.size is None else str(f.size), (f.sha256 or "-")[:12], status(f.problem))
+            for f in report.files]
+    _print_table(f"verify {folder}", ("file", "bytes", "sha256", "status"), rows)
+    graph = [(name, status(problem)) for name, problem in report.graph_problems] or [
+        ("I/O signature", f"{report.io_count} inputs/outputs match manifest.json"),
+        ("external data", ", ".join(report.locations) + " (inside the folder, hashed)" if report.locations else "none")]
+    _print_table("graph", ("check", "status"), graph)
+    if not report.ok:
+        raise report.error(hint=False)  # the table above already lists every problem
 
 
 @main.command()
@@ -150,6 +320,38 @@ def targets() -> None:
 
 def _or_dash(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+@main.command("eval")
+@click.argument("artifact", metavar="ARTIFACT")
+@click.option("--ref", "reference", required=True, metavar="REF_ARTIFACT",
+              help="Reference artifact folder (usually the cpu-fp32 export of the same checkpoint).")
+@click.option("--text", "text_file", type=click.Path(dir_okay=False), default=None,
+              help="UTF-8 text file: also report the perplexity of both models on it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def evaluate(artifact: str, reference: str, text_file: str | None, as_json: bool) -> None:
+    """Mean next-token KL(REF || ARTIFACT) and top-1 agreement on built-in prompts; perplexity with --text."""
+    import json
+
+    from phi3_edge import api
+
+    report = api.evaluate(artifact, reference, text_file=text_file)
+    if as_json:
+        click.echo(json.dumps({"artifact": artifact, "reference": reference, **report.to_json()}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{artifact} vs {reference}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("mean KL (nats)", f"{report.kl:.4g}")
+    table.add_row("top-1 agreement", f"{report.top1:.1%}")
+    table.add_row("positions", f"{report.positions} over {report.prompts} built-in prompts")
+    if report.ppl is not None and report.ref_ppl is not None:
+        table.add_row("perplexity", f"{report.ppl:.4g} (reference {report.ref_ppl:.4g}, "
+                                    f"{report.text_tokens} tokens)")
+    Console().print(table)
 
 
 if __name__ == "__main__":

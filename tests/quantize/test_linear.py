@@ -14,6 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from phi3_edge.exporter.blocks.linear import FloatLinear
 from phi3_edge.exporter.build import export_graph
+from phi3_edge.exporter.heads import HeadOptions
 from phi3_edge.exporter.config import Phi3Spec, load_spec
 from phi3_edge.exporter.graph import GraphBuilder, value_info
 from phi3_edge.exporter.tensor_writer import TensorWriter
@@ -188,7 +189,8 @@ def fake_quantized_checkpoint(weights: Path, folder: Path, tied: bool, recipe: d
 
 def decoder_logits(spec: Phi3Spec, target: Target, files: tuple[Path, ...], folder: Path, factory=None):
     folder.mkdir()
-    export_graph(spec, target, files, folder, linear_factory=factory)
+    # Float embeddings: this test isolates the Linears (the shared quantized table is tests/exporter/test_heads.py).
+    export_graph(spec, target, files, folder, linear_factory=factory, head_options=HeadOptions(embeddings="float"))
     got = ort_incremental(folder / "model.onnx", [3, 17, 42, 7, 99, 5], 0, spec.num_layers, spec.num_kv_heads,
                           spec.head_dim)
     return got.prompt_logits
