@@ -86,6 +86,11 @@ def artifact_files(folder: Path) -> dict[str, dict[str, Any]]:
     return {name: _file_entry(folder / name) for name in _listed_names(folder)}
 
 
+def folder_names(folder: Path) -> list[str]:
+    """Relative posix names of every file under `folder` except manifest.json, sorted (what a manifest lists)."""
+    return _listed_names(folder)
+
+
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     path = Path(folder) / MANIFEST_NAME
     path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
@@ -99,8 +104,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ArtifactError("manifest.json not found (not a phi3-edge artifact folder?)", path.parent) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"not valid JSON ({exc})", path) from None
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, absurd nesting
+        raise ArtifactError(f"not valid JSON ({str(exc)[:120]})", path) from None
     except OSError as exc:
         raise ArtifactError(f"cannot be read ({exc.strerror or exc})", path) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

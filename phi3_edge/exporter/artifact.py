@@ -3,58 +3,104 @@
 An interrupted export (error, Ctrl-C, full disk) never leaves a folder that looks finished: the partial
 folder is deleted on the way out, and one left by a killed process (SIGKILL, power loss) is swept by the
 next export to the same place once its pid is gone. We only ever replace folders that carry our manifest.
+
+Replacing an artifact (--force) swaps old and new in one renameat2(RENAME_EXCHANGE) call where the OS
+offers it (Linux), so `output` is the old or the new artifact at every instant, even under SIGKILL. Elsewhere
+two renames leave a moment with no `output`; the old artifact then waits in a trash sibling, and the next
+export puts it back if the process died in between.
+
+`pause_for_tests` is a TEST-ONLY hook (PHI3_EDGE_TEST_PAUSE_AT=<stage>): the exporter stops at a named point
+so tests/exporter/test_atomic.py can kill a real `phi3-edge export` there. It does nothing unless set.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import secrets
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from phi3_edge.errors import ArtifactError
 from phi3_edge.manifest import is_artifact
 
 _PARTIAL = "partial"  # .{name}.partial-<pid>-<random>: being written
 _TRASH = "trash"  # .{name}.trash-<pid>-<random>: the replaced artifact, between the two renames
+# Write failures that mean "no room": a full disk, a quota, or a file size limit (RLIMIT_FSIZE, FAT32's 4 GiB).
+_NO_ROOM = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
+
+PAUSE_ENV = "PHI3_EDGE_TEST_PAUSE_AT"  # test-only: the stage name to stop at
+PAUSE_FILE_ENV = "PHI3_EDGE_TEST_PAUSE_FILE"  # test-only: touched (with our pid) when the pause begins
+PAUSE_STAGES = ("staged", "headers", "weights", "complete", "swapped", "between-renames")
+_PAUSE_SECONDS = 60.0  # long enough for a test to signal us; bounded so a forgotten variable cannot hang CI
 
 
 @contextmanager
 def staged_artifact(output: Path, *, force: bool) -> Iterator[Path]:
     """Yield an empty temporary folder; on normal exit it becomes `output`, on any exception it is deleted."""
     output = Path(output)
-    _check_replaceable(output, force)
     try:
+        if output.parent.is_dir():  # sweep first: it may put back an artifact a killed --force run displaced
+            sweep_stale(output)
+        _check_replaceable(output, force)
         output.parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale(output)
         staging = _sibling(output, _PARTIAL)
         staging.mkdir()
     except OSError as exc:  # cannot even create the staging folder: a clean one-liner about the output
         raise ArtifactError(f"cannot prepare the output folder: {exc.strerror or exc}", output) from exc
     try:
+        pause_for_tests("staged")
         yield staging
+        pause_for_tests("complete")
         _check_replaceable(output, force)  # someone may have created it while we were exporting
         _fsync_tree(staging)
         _move_into_place(staging, output)
     except BaseException as exc:  # KeyboardInterrupt too: never leave a partial folder behind
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise _disk_full(exc, output) from exc
+        no_room = _no_room_error(exc)
+        if no_room is not None:
+            raise _disk_full(*no_room, output) from exc
         raise
 
 
+def pause_for_tests(stage: str) -> None:
+    """TEST-ONLY: sleep at `stage` when PHI3_EDGE_TEST_PAUSE_AT names it, so a test can kill us right there.
+
+    The pause announces itself by writing our pid to PHI3_EDGE_TEST_PAUSE_FILE (when set). Unset (always, in
+    real use) this is one dictionary lookup.
+    """
+    if os.environ.get(PAUSE_ENV) != stage:
+        return
+    marker = os.environ.get(PAUSE_FILE_ENV)
+    if marker:
+        Path(marker).write_text(str(os.getpid()), encoding="utf-8")
+    time.sleep(_PAUSE_SECONDS)
+
+
 def sweep_stale(output: Path) -> list[Path]:
-    """Delete partial/trash siblings of `output` left by processes that no longer run; returns what went."""
+    """Delete partial/trash siblings of `output` left by processes that no longer run; returns what went.
+
+    A trash sibling holding our artifact while `output` is missing is the old artifact of a replace that was
+    killed between its two renames: it is renamed back to `output` instead (and not listed).
+    """
+    output = Path(output)
     removed = []
     for kind in (_PARTIAL, _TRASH):
-        for path in Path(output).parent.glob(f".{Path(output).name}.{kind}-*"):
+        for path in sorted(output.parent.glob(f".{output.name}.{kind}-*")):
             pid = _pid_of(path, kind)
-            if pid is not None and not _alive(pid):
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
+            if pid is None or _alive(pid):
+                continue
+            if kind == _TRASH and not output.exists() and not output.is_symlink() and is_artifact(path):
+                os.rename(path, output)
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
@@ -76,16 +122,51 @@ def _move_into_place(staging: Path, output: Path) -> None:
         os.rename(staging, output)
         _fsync_dir(output.parent)
         return
+    if _exchange(staging, output):  # one atomic swap: `staging` now holds the old artifact
+        _fsync_dir(output.parent)
+        pause_for_tests("swapped")
+        shutil.rmtree(staging, ignore_errors=True)  # if killed here, sweep_stale removes it next time
+        return
     # Two renames: there is a moment with no `output`, but never one with a mixed or partial `output`.
     trash = _sibling(output, _TRASH)
     os.rename(output, trash)
     try:
+        pause_for_tests("between-renames")
         os.rename(staging, output)
     except BaseException:
         os.rename(trash, output)  # put the old artifact back rather than leave nothing
         raise
     _fsync_dir(output.parent)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where the OS or filesystem cannot."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or filesystem without the flag
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+_AT_FDCWD = -100  # <fcntl.h>: paths relative to the current directory
+_RENAME_EXCHANGE = 2  # <linux/fs.h>
+
+
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28, musl >= 1.2.2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
 
 
 def _sibling(output: Path, kind: str) -> Path:
@@ -137,7 +218,24 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _disk_full(exc: OSError, output: Path) -> ArtifactError:
+def _no_room_error(exc: BaseException) -> tuple[OSError, str | None] | None:
+    """(the out-of-space OSError behind `exc`, the file being written), also when a writer wrapped the
+    OSError in an ArtifactError `from None` (its __context__ still holds it)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    path = None
+    while current is not None and id(current) not in seen:
+        path = path or getattr(current, "path", None)  # a Phi3EdgeError names its file
+        if isinstance(current, OSError) and current.errno in _NO_ROOM:
+            return current, current.filename or path
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _disk_full(exc: OSError, filename: str | None, output: Path) -> ArtifactError:
     # Other OSErrors propagate unchanged: they are bugs or environment problems whose traceback matters.
-    name = Path(exc.filename).name if exc.filename else output.name
-    return ArtifactError(f"disk full while writing {name}; the partial export was removed", output)
+    name = Path(filename).name if filename else output.name
+    reason = _NO_ROOM[exc.errno]  # type: ignore[index]
+    return ArtifactError(f"{reason} while writing {name} ({exc.strerror or exc}); the partial export was removed",
+                         output)

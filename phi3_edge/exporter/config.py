@@ -2,6 +2,9 @@
 
 Accepts configs as the hub ships them (`rope_scaling`, top-level `rope_theta`, `partial_rotary_factor`,
 `original_max_position_embeddings`) and as transformers 5 saves them (`rope_parameters`).
+
+config.json is untrusted input: every field the graph uses is type-checked and bounded, and every failure is
+one CheckpointError line (tests/exporter/test_fuzz.py feeds this module arbitrary JSON).
 """
 
 from __future__ import annotations
@@ -16,6 +19,22 @@ from phi3_edge.errors import CheckpointError
 
 SUPPORTED_MODEL_TYPES = ("phi3",)
 LONGROPE_NAMES = ("longrope", "su")  # "su" is the name the first Phi-3-128k configs used
+# Upper bounds, 8x or more above any Phi model. The rope tables (positions x rotary_dim/2 floats) are built
+# from config values alone, before any checkpoint shape is checked; the other bounds keep a hostile
+# config.json from sizing anything (genai_config, masks) far beyond what a safetensors file could back.
+LIMITS = {
+    "hidden_size": 1 << 16,
+    "intermediate_size": 1 << 18,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 1024,
+    "vocab_size": 1 << 22,
+    "max_position_embeddings": 1 << 21,
+    "original_max_position_embeddings": 1 << 21,
+    "sliding_window": 1 << 31,
+}
+MAX_ROPE_TABLE = 1 << 26  # floats per cos/sin table (Phi-3-128k: 131072 x 48 = 6.3M)
 
 
 @dataclass(frozen=True)
@@ -62,20 +81,26 @@ def load_spec(config_path: Path) -> Phi3Spec:
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError("config.json not found (a Hugging Face checkpoint folder has one)", config_path.parent)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"not valid JSON ({exc})", config_path) from None
+        raise CheckpointError(
+            "config.json not found (a Hugging Face checkpoint folder has one)", config_path.parent
+        ) from None
+    except OSError as exc:  # a folder named config.json, no permission
+        raise CheckpointError(f"cannot be read ({exc.strerror or exc})", config_path) from None
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, absurd nesting
+        raise CheckpointError(f"not valid JSON ({_short(str(exc), 120)})", config_path) from None
     if not isinstance(raw, dict):
         raise CheckpointError("expected a JSON object", config_path)
     return spec_from_dict(raw, config_path)
 
 
 def spec_from_dict(raw: dict[str, Any], where: Path | str = "config.json") -> Phi3Spec:
+    if not isinstance(raw, dict):
+        raise CheckpointError("expected a JSON object", where)
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
-            f"model_type {model_type!r} is not supported; phi3-edge exports the Phi-3 family (model_type 'phi3': "
-            "Phi-3-mini/medium, Phi-3.5-mini, Phi-4-mini)",
+            f"model_type {_short(model_type)} is not supported; phi3-edge exports the Phi-3 family (model_type "
+            "'phi3': Phi-3-mini/medium, Phi-3.5-mini, Phi-4-mini)",
             where,
         )
     reader = _Fields(raw, where)
@@ -84,23 +109,25 @@ def spec_from_dict(raw: dict[str, Any], where: Path | str = "config.json") -> Ph
     kv_heads = reader.positive_int("num_key_value_heads", default=heads)
     if heads % kv_heads:
         raise CheckpointError(f"num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}", where)
-    head_dim = reader.positive_int("head_dim", default=hidden // heads if hidden % heads == 0 else 0)
     if "head_dim" not in raw and hidden % heads:
         raise CheckpointError(f"hidden_size {hidden} is not divisible by num_attention_heads {heads}", where)
+    head_dim = reader.positive_int("head_dim", default=hidden // heads)
     rope = _rope_parameters(raw)
-    partial = float(rope.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0)) or 1.0)
-    rotary_dim = int(head_dim * partial)
-    if not 0 < partial <= 1 or rotary_dim % 2:
+    partial = reader.number("partial_rotary_factor", rope.get("partial_rotary_factor",
+                                                              raw.get("partial_rotary_factor", 1.0)), default=1.0)
+    rotary_dim = int(head_dim * partial) if 0 < partial <= 1 else 0
+    if rotary_dim <= 0 or rotary_dim % 2:
         raise CheckpointError(f"partial_rotary_factor {partial} gives an odd or empty rotary dim {rotary_dim}", where)
     act = raw.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
-        raise CheckpointError(f"hidden_act {act!r} is not supported (Phi-3 uses silu)", where)
+        raise CheckpointError(f"hidden_act {_short(act)} is not supported (Phi-3 uses silu)", where)
     max_pos = reader.positive_int("max_position_embeddings")
+    if max_pos * (rotary_dim // 2) > MAX_ROPE_TABLE:
+        raise CheckpointError(f"max_position_embeddings {max_pos} x rotary dim {rotary_dim} is too large "
+                              f"(rope tables beyond {MAX_ROPE_TABLE} values)", where)
     sliding = raw.get("sliding_window")
-    if sliding is not None and (not isinstance(sliding, int) or sliding <= 0):
-        raise CheckpointError(f"sliding_window must be a positive integer or null, got {sliding!r}", where)
-    eos = raw.get("eos_token_id")
-    eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
+    sliding = None if sliding is None else reader.positive_int("sliding_window")
+    rope_theta = reader.number("rope_theta", rope.get("rope_theta", raw.get("rope_theta", 10000.0)), 10000.0)
     return Phi3Spec(
         vocab_size=reader.positive_int("vocab_size"),
         hidden_size=hidden,
@@ -109,16 +136,16 @@ def spec_from_dict(raw: dict[str, Any], where: Path | str = "config.json") -> Ph
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        rms_norm_eps=reader.positive_float("rms_norm_eps", default=1e-5),
+        rms_norm_eps=reader.number("rms_norm_eps", raw.get("rms_norm_eps"), default=1e-5),
         max_position_embeddings=max_pos,
-        rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+        rope_theta=rope_theta,
         rotary_dim=rotary_dim,
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        tie_word_embeddings=reader.flag("tie_word_embeddings"),
         sliding_window=sliding,
-        longrope=_longrope(raw, rope, rotary_dim, max_pos, where),
-        bos_token_id=raw.get("bos_token_id"),
-        eos_token_ids=eos_ids,
-        pad_token_id=raw.get("pad_token_id"),
+        longrope=_longrope(raw, rope, rotary_dim, max_pos, reader),
+        bos_token_id=reader.token_id("bos_token_id"),
+        eos_token_ids=reader.token_ids("eos_token_id"),
+        pad_token_id=reader.token_id("pad_token_id"),
         hidden_act="silu",
         extra={},
     )
@@ -130,53 +157,96 @@ def _rope_parameters(raw: dict[str, Any]) -> dict[str, Any]:
     return dict(rope) if isinstance(rope, dict) else {}
 
 
-def _longrope(
-    raw: dict[str, Any], rope: dict[str, Any], rotary_dim: int, max_pos: int, where: Path | str
-) -> LongRope | None:
+def _longrope(raw: dict[str, Any], rope: dict[str, Any], rotary_dim: int, max_pos: int,
+              reader: _Fields) -> LongRope | None:
+    where = reader.where
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type in (None, "default"):
         return None
     if rope_type not in LONGROPE_NAMES:
-        raise CheckpointError(f"rope type {rope_type!r} is not supported (expected default or longrope)", where)
-    short, long = rope.get("short_factor"), rope.get("long_factor")
-    for name, factors in (("short_factor", short), ("long_factor", long)):
-        if not isinstance(factors, list) or len(factors) != rotary_dim // 2:
-            raise CheckpointError(f"rope {name} must be a list of {rotary_dim // 2} numbers", where)
-    original = int(rope.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings") or 0)
-    if original <= 0:
+        raise CheckpointError(f"rope type {_short(rope_type)} is not supported (expected default or longrope)", where)
+    short = reader.factors("short_factor", rope.get("short_factor"), rotary_dim // 2)
+    long = reader.factors("long_factor", rope.get("long_factor"), rotary_dim // 2)
+    original = rope.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings")
+    if original is None:
         raise CheckpointError("longrope needs original_max_position_embeddings", where)
+    original = reader.positive_int("original_max_position_embeddings", value=original)
+    if original < 2:  # the attention factor divides by log(original)
+        raise CheckpointError(f"original_max_position_embeddings must be at least 2, got {original}", where)
     return LongRope(
-        short_factor=tuple(float(x) for x in short),
-        long_factor=tuple(float(x) for x in long),
+        short_factor=short,
+        long_factor=long,
         original_max_position_embeddings=original,
-        attention_factor=_attention_factor(rope, max_pos, original),
+        attention_factor=_attention_factor(rope, max_pos, original, reader),
     )
 
 
-def _attention_factor(rope: dict[str, Any], max_pos: int, original: int) -> float:
+def _attention_factor(rope: dict[str, Any], max_pos: int, original: int, reader: _Fields) -> float:
     """The magnitude scaling LongRoPE implies, computed exactly as transformers does."""
     if rope.get("attention_factor") is not None:
-        return float(rope["attention_factor"])
-    factor = rope.get("factor") or max_pos / original
+        return reader.number("attention_factor", rope["attention_factor"], default=1.0)
+    factor = reader.number("factor", rope.get("factor"), default=0.0) if rope.get("factor") else max_pos / original
     if factor <= 1.0:
         return 1.0
     return math.sqrt(1 + math.log(factor) / math.log(original))
 
 
+def _short(value: object, limit: int = 60) -> str:
+    """repr cut to one readable line: error messages quote values from untrusted files."""
+    text = value if isinstance(value, str) and limit > 60 else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _Fields:
+    """Typed, bounded reads of config fields; every failure names the field and the file."""
+
     def __init__(self, raw: dict[str, Any], where: Path | str) -> None:
         self.raw, self.where = raw, where
 
-    def positive_int(self, key: str, default: int | None = None) -> int:
-        value = self.raw.get(key, default)
+    def _fail(self, message: str) -> CheckpointError:
+        return CheckpointError(message, self.where)
+
+    def positive_int(self, key: str, default: int | None = None, *, value: Any = None) -> int:
+        value = self.raw.get(key, default) if value is None else value
         if value is None:
-            raise CheckpointError(f"missing field {key!r}", self.where)
+            raise self._fail(f"missing field {key!r}")
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise CheckpointError(f"{key} must be a positive integer, got {value!r}", self.where)
+            raise self._fail(f"{key} must be a positive integer, got {_short(value)}")
+        if value > LIMITS.get(key, value):
+            raise self._fail(f"{key} {value} is larger than any Phi-3 model (limit {LIMITS[key]}); corrupt config?")
         return value
 
-    def positive_float(self, key: str, default: float) -> float:
-        value = self.raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise CheckpointError(f"{key} must be a positive number, got {value!r}", self.where)
+    def number(self, key: str, value: Any, default: float) -> float:
+        """A finite positive number (rope theta, eps, rotary fraction, scaling factors); None means default."""
+        value = default if value is None else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise self._fail(f"{key} must be a positive finite number, got {_short(value)}")
         return float(value)
+
+    def flag(self, key: str) -> bool:
+        value = self.raw.get(key, False)
+        if value is not None and not isinstance(value, bool):  # "false" would be truthy
+            raise self._fail(f"{key} must be true or false, got {_short(value)}")
+        return bool(value)
+
+    def token_id(self, key: str) -> int | None:
+        value = self.raw.get(key)
+        if value is not None and not _is_token_id(value):
+            raise self._fail(f"{key} must be a token id (a non-negative integer) or null, got {_short(value)}")
+        return value
+
+    def token_ids(self, key: str) -> tuple[int, ...]:
+        value = self.raw.get(key)
+        ids = value if isinstance(value, list) else [] if value is None else [value]
+        if not all(_is_token_id(i) for i in ids):
+            raise self._fail(f"{key} must be a token id or a list of them, got {_short(value)}")
+        return tuple(ids)
+
+    def factors(self, key: str, value: Any, count: int) -> tuple[float, ...]:
+        if not isinstance(value, list) or len(value) != count:
+            raise self._fail(f"rope {key} must be a list of {count} numbers")
+        return tuple(self.number(f"rope {key} entry", item, default=math.nan) for item in value)
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < LIMITS["vocab_size"]

@@ -15,6 +15,7 @@ import numpy as np
 from onnx import TensorProto
 
 from phi3_edge.errors import ArtifactError
+from phi3_edge.exporter.artifact import pause_for_tests
 from phi3_edge.exporter.graph import ONNX_DTYPES
 
 # Page-aligned tensors let ORT memory-map external data instead of copying it.
@@ -59,6 +60,8 @@ class TensorWriter:
         if self._offset - start != expected:
             raise ValueError(f"{name}: wrote {self._offset - start} bytes, expected {expected}")
         self.tensors_written += 1
+        if self.tensors_written == 1:
+            pause_for_tests("weights")  # test-only hook: model.onnx.data is half written
         return external_tensor(name, dims, ONNX_DTYPES[dtype], self.location, start, expected)
 
     def _pad_to(self, alignment: int) -> None:

@@ -10,6 +10,7 @@ Strict accounting: every tensor the graph asks for is checked for shape; `unused
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -18,9 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from phi3_edge.errors import CheckpointError
+from phi3_edge.exporter.artifact import pause_for_tests
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit; guards against a huge allocation on junk
 _DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}  # BF16 stays raw bits
+# Header values are untrusted: bound them so a hostile header costs neither memory nor time (a million-dim
+# shape would make even the exact size product slow). Real checkpoints have 1-D and 2-D tensors.
+MAX_DIMS = 8
+MAX_DIM = 2**40
+MAX_OFFSET = 2**63 - 1  # the format's u64 range, as JSON; the real bound (the file's size) is checked after
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * _DTYPES[self.dtype].itemsize
+        return math.prod(self.shape) * _DTYPES[self.dtype].itemsize  # exact: no int64 wrap-around
 
 
 def read_header(path: Path) -> list[TensorInfo]:
@@ -43,16 +50,17 @@ def read_header(path: Path) -> list[TensorInfo]:
         with path.open("rb") as handle:
             prefix = handle.read(8)
             if len(prefix) < 8:
-                raise CheckpointError("truncated safetensors file (no header)", path)
+                raise CheckpointError("truncated safetensors file (no header); download it again", path)
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > min(MAX_HEADER_BYTES, size - 8):
-                raise CheckpointError(f"header length {header_len} runs past the end of the file ({size} bytes)", path)
+                raise CheckpointError(f"header length {header_len} runs past the end of the file ({size} bytes): "
+                                      "truncated, or not a safetensors file", path)
             header_bytes = handle.read(header_len)
     except OSError as exc:
-        raise CheckpointError(f"cannot read ({exc.strerror})", path) from None
+        raise CheckpointError(f"cannot read ({exc.strerror or exc})", path) from None
     try:
         header = json.loads(header_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, a 5000-digit number, nesting past the stack
         raise CheckpointError("safetensors header is not valid JSON (corrupt file?)", path) from None
     if not isinstance(header, dict):
         raise CheckpointError("safetensors header is not a JSON object", path)
@@ -60,22 +68,36 @@ def read_header(path: Path) -> list[TensorInfo]:
 
 
 def _entry(path: Path, name: str, entry: object, data_start: int, size: int) -> TensorInfo:
+    label = _short(name)
     if not isinstance(entry, dict):
-        raise CheckpointError(f"tensor {name!r}: header entry is not an object", path)
+        raise CheckpointError(f"tensor {label}: header entry is not an object", path)
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in _DTYPES:
-        raise CheckpointError(f"tensor {name!r}: unsupported dtype {dtype!r} (expected F32, F16 or BF16)", path)
-    if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
-        raise CheckpointError(f"tensor {name!r}: invalid shape {shape!r}", path)
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-        raise CheckpointError(f"tensor {name!r}: invalid data_offsets {offsets!r}", path)
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise CheckpointError(f"tensor {label}: unsupported dtype {_short(dtype)} (expected F32, F16 or BF16)", path)
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_is_int(d, MAX_DIM) for d in shape):
+        raise CheckpointError(f"tensor {label}: invalid shape {_short(shape)}", path)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o, MAX_OFFSET) for o in offsets)):
+        raise CheckpointError(f"tensor {label}: invalid data_offsets {_short(offsets)}", path)
     begin, end = offsets
-    expected = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
-    if begin < 0 or end - begin != expected:
-        raise CheckpointError(f"tensor {name!r}: data_offsets {offsets} do not match shape {shape} {dtype}", path)
+    # Python ints: a shape claiming 2**40 x 2**40 elements must not wrap around to a small int64 product.
+    expected = math.prod(shape) * _DTYPES[dtype].itemsize
+    if end - begin != expected:
+        raise CheckpointError(f"tensor {label}: data_offsets {offsets} do not match shape {shape} {dtype}", path)
     if data_start + end > size:
-        raise CheckpointError(f"truncated: tensor {name!r} ends at byte {data_start + end}, file has {size}", path)
+        raise CheckpointError(f"truncated: tensor {label} ends at byte {data_start + end}, file has {size}; "
+                              "download it again", path)
     return TensorInfo(name, path, dtype, tuple(shape), data_start + begin)
+
+
+def _is_int(value: object, limit: int) -> bool:
+    """A JSON integer in [0, limit]; bools are ints to Python but not to the format."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+
+
+def _short(value: object) -> str:
+    """repr, cut to one readable line: error messages quote values from untrusted headers."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
@@ -97,6 +119,7 @@ class WeightStore:
                 self._infos[info.name] = info
         self._maps: dict[Path, mmap.mmap] = {}
         self._used: set[str] = set()
+        pause_for_tests("headers")  # test-only hook: every header read, nothing converted yet
 
     def __enter__(self) -> "WeightStore":
         return self
