@@ -181,4 +181,28 @@ def _tokenizer_files(root: Path, require_tokenizer: bool) -> tuple[Path, ...]:
             root,
         )
     names = ((TOKENIZER_NAME,) if main.is_file() else ()) + TOKENIZER_EXTRAS
-    return tuple(root / name for name in names if (root / name).is_file())
+    files = tuple(root / name for name in names if (root / name).is_file())
+    for path in files:
+        _check_tokenizer_file(path)
+    return files
+
+
+def _check_tokenizer_file(path: Path) -> None:
+    """Parse tokenizer files up front: a broken one must fail before the graph is built, naming the
+    checkpoint's own file (not a staged copy), never as a traceback from deep inside the writers."""
+    if path.suffix != ".json":
+        return  # tokenizer.model (sentencepiece), merges/vocab .txt: copied as they are
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"not valid JSON ({exc})", path) from None
+    if not isinstance(data, dict):
+        raise CheckpointError("expected a JSON object", path)
+    if path.name == TOKENIZER_NAME:
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_str(json.dumps(data))
+        except Exception as exc:  # the tokenizers library raises plain Exceptions with serde messages
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"cannot be read as a tokenizer ({reason})", path) from None
