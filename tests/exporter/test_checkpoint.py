@@ -12,13 +12,18 @@ from phi3_edge.errors import CheckpointError
 from phi3_edge.exporter import checkpoint as ck
 
 
+# The smallest tokenizer.json the tokenizers library accepts: resolve_checkpoint parses it up front.
+MINIMAL_TOKENIZER = json.dumps({"version": "1.0", "model": {"type": "WordLevel", "vocab": {"<unk>": 0},
+                                                             "unk_token": "<unk>"}})
+
+
 def make_folder(root: Path, *, weights=("model.safetensors",), tokenizer=True, extras=(), index=None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps({"model_type": "phi3"}))
     for name in weights:
         (root / name).write_bytes(b"\0")
     if tokenizer:
-        (root / "tokenizer.json").write_text("{}")
+        (root / "tokenizer.json").write_text(MINIMAL_TOKENIZER)
     for name in extras:
         (root / name).write_text("{}")
     if index is not None:
