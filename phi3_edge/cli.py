@@ -226,13 +226,16 @@ def chat(folder: str, system: str | None, truncate: bool, backend: str, **genera
               help="Array size for the memory-bandwidth copy that the roofline uses.")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Timed generations after the warm-up; the best TTFT and decode time are reported.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op threads (default: physical cores for ort, logical CPUs / 2 for genai).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def bench(folder: str, prompt_len: int, gen_len: int, backend: str, bandwidth_mb: int, repeats: int,
-          as_json: bool) -> None:
+          threads: int | None, as_json: bool) -> None:
     """TTFT, prefill/decode tokens/s, peak RSS and decode roofline ratio of the model in DIR."""
     from phi3_edge.edge_runtime.bench import run_bench
 
-    report = run_bench(folder, prompt_len, gen_len, backend=backend, bandwidth_mb=bandwidth_mb, repeats=repeats)
+    report = run_bench(folder, prompt_len, gen_len, backend=backend, bandwidth_mb=bandwidth_mb, repeats=repeats,
+                       intra_op_threads=threads)
     if as_json:
         import json
 
@@ -244,7 +247,9 @@ def bench(folder: str, prompt_len: int, gen_len: int, backend: str, bandwidth_mb
             ("memory bandwidth", f"{report.bandwidth_gbps:.1f} GB/s"),
             ("weights read / token", f"{report.weight_bytes / 1e6:.1f} MB"),
             ("decode roofline", f"{report.roofline_tps:.2f} tok/s"),
-            ("roofline ratio", f"{report.roofline_ratio:.2f}")]
+            ("roofline ratio", f"{report.roofline_ratio:.2f}"),
+            ("roofline ratio, streamed bytes", f"{report.roofline_ratio_streamed:.2f} "
+                                               f"({report.streamed_weight_bytes / 1e6:.1f} MB: no embedding table)")]
     _print_table(f"bench {folder}", ("metric", "value"), rows)
 
 

@@ -1,63 +1,131 @@
-"""EdgeModel: an artifact folder opened for generation — decoder session, tokenizer and stop ids together."""
+"""EdgeModel: an artifact folder opened for generation — engine, tokenizer, chat template and stop ids together.
+
+    model = load("build/cpu-int4")
+    for piece in model.stream([{"role": "user", "content": "Hi"}], max_new_tokens=64, temperature=0.7):
+        print(piece, end="")
+
+A prompt is a str (encoded as is, with the tokenizer's own BOS handling) or a list of chat messages (rendered
+with the artifact's chat template, generation prompt appended). Keyword options are GenerationOptions' fields.
+One EdgeModel serves many threads at once: every call builds its own generator, sampler and KV buffers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
+from typing import Any, Union
 
-from phi3_edge.edge_runtime.generate import GenerationResult, GreedyGenerator
+from phi3_edge.edge_runtime.chat import ChatTemplate, Message, fit_conversation
+from phi3_edge.edge_runtime.generate import STOP_STRING, Engine, GenerationOptions, GenerationResult, Generator
 from phi3_edge.edge_runtime.session import DecoderConfig, DecoderSession, read_decoder_config
+from phi3_edge.edge_runtime.stopping import StopStrings
 from phi3_edge.edge_runtime.tokenizer import EdgeTokenizer
-from phi3_edge.errors import ArtifactError
+from phi3_edge.errors import ArtifactError, Phi3EdgeError
 
 DEFAULT_MAX_NEW_TOKENS = 128
+BACKENDS = ("ort", "genai")
+Prompt = Union[str, Sequence[Message]]
 
 
 class EdgeModel:
-    def __init__(self, folder: Path, session: DecoderSession, tokenizer: EdgeTokenizer) -> None:
+    def __init__(self, folder: Path, session: Engine, tokenizer: EdgeTokenizer) -> None:
         self.folder = folder
-        self.session = session
+        self.session = session  # the engine: DecoderSession ("ort") or GenaiDecoder ("genai")
         self.tokenizer = tokenizer
         # genai_config.json may list only <|endoftext|>; a chat model ends its turn with <|end|>.
         self.eos_ids = frozenset(session.config.eos_token_ids) | tokenizer.stop_token_ids()
 
     @classmethod
-    def load(cls, folder: str | Path, *, intra_op_threads: int | None = None) -> EdgeModel:
-        """Open an artifact folder; intra_op_threads defaults to the physical cores we may run on."""
+    def load(cls, folder: str | Path, *, intra_op_threads: int | None = None, backend: str = "ort",
+             kv_cache: str = "auto") -> EdgeModel:
+        """Open an artifact folder.
+
+        backend "ort" runs our onnxruntime loop (intra_op_threads defaults to the physical cores we may run
+        on; kv_cache "auto" | "shared" | "concat", see DecoderSession); "genai" runs onnxruntime-genai
+        (intra_op_threads defaults to og's own choice, logical CPUs / 2).
+        """
         folder = Path(folder)
         if not folder.is_dir():
             raise ArtifactError("artifact folder not found", folder)
+        if backend not in BACKENDS:
+            raise Phi3EdgeError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         config = read_decoder_config(folder)
         tokenizer = EdgeTokenizer.load(folder)  # before the session: a missing file fails fast, not after loading
-        return cls(folder, DecoderSession(folder, config, intra_op_threads=intra_op_threads), tokenizer)
+        if backend == "genai":
+            from phi3_edge.edge_runtime.genai_backend import GenaiDecoder
+
+            return cls(folder, GenaiDecoder(folder, config, intra_op_threads=intra_op_threads), tokenizer)
+        engine = DecoderSession(folder, config, intra_op_threads=intra_op_threads, kv_cache=kv_cache)
+        return cls(folder, engine, tokenizer)
 
     @property
     def config(self) -> DecoderConfig:
         return self.session.config
 
-    def generator(self, prompt_ids: list[int], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> GreedyGenerator:
-        return GreedyGenerator(self.session, list(prompt_ids), max_new_tokens, self.eos_ids)
+    @property
+    def backend(self) -> str:
+        return self.session.backend
 
-    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> GenerationResult:
-        generator = self.generator(prompt_ids, max_new_tokens)
-        for _ in generator:
+    @cached_property
+    def chat_template(self) -> ChatTemplate:
+        return ChatTemplate.load(self.folder)
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        """Token ids of a conversation with the generation prompt, as transformers' apply_chat_template."""
+        return self.tokenizer.encode(self.chat_template.render(messages), add_special_tokens=False)
+
+    def encode(self, prompt: Prompt, options: GenerationOptions | None = None) -> list[int]:
+        """A str or a conversation to prompt ids; with options.truncate, old chat turns drop to fit."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if options is None or not options.truncate:
+            return self.encode_chat(prompt)
+        # Room for every new token when possible: prompt + max_new_tokens <= context.
+        budget = max(1, self.config.context_length - options.max_new_tokens)
+        return fit_conversation(prompt, self.encode_chat, budget)[1]
+
+    def generator(self, prompt_ids: Sequence[int], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                  **options: Any) -> Generator:
+        """Token ids one at a time (no text, no stop strings): the loop the others build on."""
+        settings = GenerationOptions(max_new_tokens=max_new_tokens, **options)
+        return Generator(self.session, list(prompt_ids), settings, self.eos_ids)
+
+    def generate_ids(self, prompt_ids: Sequence[int], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                     **options: Any) -> GenerationResult:
+        stream = self.stream_ids(prompt_ids, max_new_tokens, **options)
+        for _ in stream:
             pass
-        return generator.result(self.tokenizer.decode(generator.token_ids))
+        assert stream.result is not None
+        return stream.result
 
-    def generate(self, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> GenerationResult:
-        return self.generate_ids(self.tokenizer.encode(prompt), max_new_tokens)
+    def generate(self, prompt: Prompt, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 **options: Any) -> GenerationResult:
+        settings = GenerationOptions(max_new_tokens=max_new_tokens, **options)
+        return self.generate_ids(self.encode(prompt, settings), max_new_tokens, **options)
 
-    def stream(self, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> TextStream:
+    def stream_ids(self, prompt_ids: Sequence[int], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                   **options: Any) -> TextStream:
+        generator = self.generator(prompt_ids, max_new_tokens, **options)
+        return TextStream(generator, self.tokenizer)
+
+    def stream(self, prompt: Prompt, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, **options: Any) -> TextStream:
         """Text pieces as they are generated; the stream's `.result` is set once it is exhausted."""
-        return TextStream(self.generator(self.tokenizer.encode(prompt), max_new_tokens), self.tokenizer)
+        settings = GenerationOptions(max_new_tokens=max_new_tokens, **options)
+        return self.stream_ids(self.encode(prompt, settings), max_new_tokens, **options)
 
 
 class TextStream:
-    """An iterator of text pieces that keeps the GenerationResult for after the last piece (for stats)."""
+    """An iterator of text pieces that keeps the GenerationResult for after the last piece (for stats).
 
-    def __init__(self, generator: GreedyGenerator, tokenizer: EdgeTokenizer) -> None:
+    Pieces never split a multi-byte character and never show any part of a stop string; the result's text
+    is exactly the pieces joined.
+    """
+
+    def __init__(self, generator: Generator, tokenizer: EdgeTokenizer) -> None:
         self.result: GenerationResult | None = None
-        self._pieces = self._run(generator, tokenizer)
+        self.generator = generator
+        self._pieces = self._run(generator, tokenizer, StopStrings(generator.options.stop))
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -65,13 +133,24 @@ class TextStream:
     def __next__(self) -> str:
         return next(self._pieces)
 
-    def _run(self, generator: GreedyGenerator, tokenizer: EdgeTokenizer) -> Iterator[str]:
+    def _run(self, generator: Generator, tokenizer: EdgeTokenizer, stops: StopStrings) -> Iterator[str]:
         detokenizer = tokenizer.detokenizer()
-        for token in generator:
-            piece = detokenizer.add(token)
+        shown: list[str] = []
+        tokens = iter(generator)
+        for token in tokens:
+            piece = stops.feed(detokenizer.add(token))
             if piece:
+                shown.append(piece)
                 yield piece
-        tail = detokenizer.flush()
-        if tail:
-            yield tail
-        self.result = generator.result(tokenizer.decode(generator.token_ids))
+            if stops.stopped:
+                tokens.close()  # type: ignore[attr-defined]  # releases this generation's KV buffers now
+                break
+        if not stops.stopped:
+            tail = stops.feed(detokenizer.flush())
+            tail += "" if stops.stopped else stops.flush()
+            if tail:
+                shown.append(tail)
+                yield tail
+        if stops.stopped:
+            generator.finish(STOP_STRING)
+        self.result = generator.result("".join(shown))

@@ -17,7 +17,9 @@ import numpy as np
 import onnxruntime as ort
 
 from phi3_edge import io_spec
-from phi3_edge.errors import ArtifactError
+from phi3_edge.edge_runtime.census import read_graph_info
+from phi3_edge.edge_runtime.kv_pass import ConcatPass, ForwardPass, SharedBufferPass
+from phi3_edge.errors import ArtifactError, Phi3EdgeError
 from phi3_edge.manifest import MANIFEST_NAME
 
 GENAI_CONFIG_NAME = "genai_config.json"
@@ -26,6 +28,7 @@ DEFAULT_MODEL_FILE = "model.onnx"
 _ORT_FLOAT_TYPES: dict[str, type[np.floating]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 KVCache = dict[str, np.ndarray]
+KV_CACHE_MODES = ("auto", "shared", "concat")
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,23 @@ def physical_cores() -> int:
     return len(cores)
 
 
+def _resolve_kv_mode(mode: str, model_path: Path) -> str:
+    """"auto" -> "shared" when every attention is GroupQueryAttention, read once from the op census.
+
+    Only GQA writes the new keys into a past buffer it shares with present (ORT detects the shared pointer);
+    a graph with plain Attention / MultiHeadAttention, or one we cannot parse (an ORT-format file), would
+    read a max-length past as max-length context, so it keeps the concat path.
+    """
+    if mode != "auto":
+        return mode
+    try:
+        info = read_graph_info(model_path)
+    except ArtifactError:
+        return "concat"
+    other_attention = [op for op in info.ops if op.endswith("Attention") and not op.endswith("GroupQueryAttention")]
+    return "shared" if info.has_gqa and not other_attention else "concat"
+
+
 def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -123,12 +143,23 @@ def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
 
 
 class DecoderSession:
-    """One decoder graph on the CPU EP, fed and read through the names in io_spec."""
+    """One decoder graph on the CPU EP, fed and read through the names in io_spec.
 
-    def __init__(self, folder: Path, config: DecoderConfig, *, intra_op_threads: int | None = None) -> None:
+    Thread-safe: the InferenceSession is shared (its run() may be called concurrently); everything that
+    changes during a generation lives in the ForwardPass that start() returns, one per generation.
+    kv_cache: "shared" binds past and present to one preallocated buffer (GroupQueryAttention graphs only),
+    "concat" feeds each step's present back as numpy arrays, "auto" picks "shared" when the graph allows it.
+    """
+
+    backend = "ort"
+
+    def __init__(self, folder: Path, config: DecoderConfig, *, intra_op_threads: int | None = None,
+                 kv_cache: str = "auto") -> None:
         model_path = Path(folder) / config.model_file
         if not model_path.is_file():
             raise ArtifactError("not found (the decoder graph genai_config.json names)", model_path)
+        if kv_cache not in KV_CACHE_MODES:
+            raise Phi3EdgeError(f"unknown kv_cache mode {kv_cache!r}; valid: {', '.join(KV_CACHE_MODES)}")
         try:
             self._session = ort.InferenceSession(
                 str(model_path), sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"]
@@ -141,8 +172,22 @@ class DecoderSession:
         layers = range(config.num_layers)
         self._past_names = [name for i in layers for name in (io_spec.past_key(i), io_spec.past_value(i))]
         presents = [name for i in layers for name in (io_spec.present_key(i), io_spec.present_value(i))]
+        self.past_names, self.present_names = self._past_names, presents
         self._output_names = [io_spec.LOGITS, *presents]
         self.kv_dtype = self._check_inputs(model_path)
+        logits_type = {node.name: node.type for node in self._session.get_outputs()}.get(io_spec.LOGITS)
+        self.logits_dtype = _ORT_FLOAT_TYPES.get(str(logits_type), np.float32)
+        self.kv_cache = _resolve_kv_mode(kv_cache, model_path)
+
+    @property
+    def ort_session(self) -> ort.InferenceSession:
+        return self._session
+
+    def start(self, max_length: int) -> ForwardPass:
+        """A fresh per-generation pass whose sequence (prompt + new tokens) never exceeds max_length."""
+        if self.kv_cache == "shared":
+            return SharedBufferPass(self, max_length)
+        return ConcatPass(self)
 
     def _check_inputs(self, model_path: Path) -> type[np.floating]:
         """Every graph input must be one we feed; returns the KV-cache dtype."""

@@ -1,0 +1,63 @@
+"""`phi3-edge inspect`: what is in an artifact folder, read without loading the weights.
+
+The graph's op census and declared I/O come from the protobuf (census.py), file sizes from the folder, and
+the build record from manifest.json. A folder without a manifest (not exported by us) is still inspectable:
+the manifest part is then empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phi3_edge.edge_runtime.census import GraphInfo, read_graph_info
+from phi3_edge.edge_runtime.session import read_decoder_config
+from phi3_edge.errors import ArtifactError
+from phi3_edge.manifest import MANIFEST_NAME, read_manifest
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    folder: Path
+    graph: GraphInfo
+    files: list[tuple[str, int]]  # (name relative to the folder, bytes), largest first
+    manifest: dict[str, Any] = field(default_factory=dict)  # summary_rows() picks the fields to show
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self.files)
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """Manifest summary: source, target, recipe and tool versions, one (key, value) per row."""
+        if not self.manifest:
+            return [("manifest", f"none ({MANIFEST_NAME} missing or not ours)")]
+        source = self.manifest.get("source") or {}
+        target = self.manifest.get("target") or {}
+        rows = [("source", str(source.get("source", "?"))), ("created", str(self.manifest.get("created", "?")))]
+        if source.get("revision"):
+            rows.append(("revision", str(source["revision"])))
+        rows.append(("target", f"{target.get('name', '?')} ({target.get('execution_provider', '?')})"))
+        recipe = self.manifest.get("recipe") or {}
+        rows.append(("recipe", ", ".join(f"{k}={v}" for k, v in recipe.items() if v is not None)))
+        tools = self.manifest.get("tools") or {}
+        rows.append(("tools", ", ".join(f"{k} {v}" for k, v in tools.items() if v is not None)))
+        return rows
+
+
+def inspect_artifact(folder: str | Path) -> ArtifactInfo:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError("artifact folder not found", folder)
+    config = read_decoder_config(folder)
+    model_path = folder / config.model_file
+    if not model_path.is_file():
+        raise ArtifactError("not found (the decoder graph genai_config.json names)", model_path)
+    graph = read_graph_info(model_path)
+    files = sorted(((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file()),
+                   key=lambda item: (-item[1], item[0]))
+    try:
+        manifest = read_manifest(folder)
+    except ArtifactError:
+        manifest = {}
+    return ArtifactInfo(folder, graph, files, manifest)

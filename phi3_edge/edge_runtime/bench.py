@@ -1,0 +1,152 @@
+"""`phi3-edge bench`: TTFT, prefill and decode speed, peak RSS and the decode roofline of one artifact folder.
+
+Decode is memory bound: every new token reads every weight once, so tokens/s <= bandwidth / weight bytes.
+The roofline ratio is achieved decode tok/s over that bound, with the bandwidth measured here (a numpy copy
+of a large array, best of 3) and the weight bytes taken as the size of the external weights file
+(model.onnx.data). That file also holds the untied embedding table, of which a token reads one row, so the
+bound is pessimistic (for Phi-3-mini fp32 the table is 0.4 of 7.6 GB; with 4 layers it is half of an int4
+file) and the ratio flatters. roofline_ratio_streamed uses the bytes a token really streams instead: the file
+minus every initializer that only a Gather reads (found in the graph by census.py).
+
+psutil (peak RSS polling) is optional: without it the kernel's ru_maxrss high-water mark is used.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phi3_edge.edge_runtime.census import read_graph_info
+from phi3_edge.edge_runtime.model import EdgeModel
+from phi3_edge.errors import Phi3EdgeError
+
+WEIGHTS_FILE_SUFFIX = ".data"
+RSS_POLL_S = 0.005
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    backend: str
+    prompt_len: int
+    gen_len: int
+    ttft_s: float  # prompt in -> first token out
+    prefill_tps: float  # prompt tokens / TTFT
+    decode_tps: float  # tokens after the first / their time
+    peak_rss_mb: float  # load + warm-up + measured run
+    bandwidth_gbps: float  # measured copy bandwidth, bytes read + written per second / 1e9
+    weight_bytes: int  # bytes read per decoded token (the weights file)
+    roofline_tps: float  # bandwidth / weight_bytes
+    roofline_ratio: float  # decode_tps / roofline_tps
+    streamed_weight_bytes: int  # weight_bytes minus lookup-only tensors (the embedding table)
+    roofline_ratio_streamed: float  # decode_tps / (bandwidth / streamed_weight_bytes)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_bandwidth(megabytes: int = 512, repeats: int = 3) -> float:
+    """Bytes per second moved by np.copyto of a `megabytes` array (read + write counted), best of `repeats`."""
+    source = np.ones(megabytes * 1_000_000, dtype=np.uint8)
+    target = np.zeros_like(source)
+    np.copyto(target, source)  # commits target's pages: page faults are not bandwidth
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.nbytes / best
+
+
+def weight_bytes(folder: Path, model_file: str) -> int:
+    """Size of the graph's external weights (model.onnx.data), or of the graph itself when it has none."""
+    data = folder / (model_file + WEIGHTS_FILE_SUFFIX)
+    return (data if data.is_file() else folder / model_file).stat().st_size
+
+
+class PeakRss:
+    """Peak resident memory of this process while the block runs (polled with psutil when installed)."""
+
+    def __init__(self) -> None:
+        self.peak_bytes = 0
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRss:
+        try:
+            import psutil
+        except ImportError:
+            return self
+        process = psutil.Process()
+        self.peak_bytes = process.memory_info().rss
+
+        def poll() -> None:
+            while not self._done.wait(RSS_POLL_S):
+                self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+
+        self._thread = threading.Thread(target=poll, name="phi3-edge-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        else:  # no psutil: the kernel's lifetime high-water mark (KiB on Linux, bytes on macOS)
+            scale = 1 if sys.platform == "darwin" else 1024
+            self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def bench_prompt(model: EdgeModel, length: int, seed: int = 0) -> list[int]:
+    """`length` random ids from the tokenizer's vocabulary: same prompt for every backend."""
+    vocab = min(model.tokenizer.vocab_size, model.config.vocab_size)
+    return np.random.default_rng(seed).integers(0, vocab, size=length).tolist()
+
+
+def run_bench(folder: str | Path, prompt_len: int = 128, gen_len: int = 128, backend: str = "ort",
+              bandwidth_mb: int = 512, intra_op_threads: int | None = None, repeats: int = 1) -> BenchReport:
+    """Load, warm up (same prompt, 2 tokens), then time greedy generations of exactly gen_len tokens.
+
+    With repeats > 1 the best TTFT and the best decode time are kept (noise on a shared machine only adds).
+    """
+    if prompt_len < 1 or gen_len < 2 or repeats < 1:
+        raise Phi3EdgeError(f"bench needs prompt_len >= 1, gen_len >= 2 and repeats >= 1, got {prompt_len}, "
+                            f"{gen_len} and {repeats}")
+    folder = Path(folder)
+    with PeakRss() as rss:
+        model = EdgeModel.load(folder, backend=backend, intra_op_threads=intra_op_threads)
+        context = model.config.context_length
+        if prompt_len + gen_len > context:
+            raise Phi3EdgeError(f"prompt_len + gen_len = {prompt_len + gen_len} exceeds the context of {context}")
+        prompt = bench_prompt(model, prompt_len)
+        _timed(model, prompt, 2)  # first-run costs (arena growth, kernel setup) are not what we measure
+        runs = [_timed(model, prompt, gen_len) for _ in range(repeats)]
+    ttft, decode_s = min(run[0] for run in runs), min(run[1] for run in runs)
+    bandwidth = measure_bandwidth(bandwidth_mb)
+    weights = weight_bytes(folder, model.config.model_file)
+    streamed = weights - read_graph_info(folder / model.config.model_file).lookup_only_bytes
+    decode_tps = (gen_len - 1) / decode_s
+    roofline = bandwidth / weights
+    return BenchReport(backend, prompt_len, gen_len, ttft, prompt_len / ttft, decode_tps, rss.peak_bytes / MB,
+                       bandwidth / 1e9, weights, roofline, decode_tps / roofline, streamed,
+                       decode_tps * streamed / bandwidth)
+
+
+def _timed(model: EdgeModel, prompt: list[int], new_tokens: int) -> tuple[float, float]:
+    """(TTFT, seconds for the other tokens) of a greedy run that ignores eos."""
+    if model.backend == "genai":
+        from phi3_edge.edge_runtime.genai_backend import native_greedy_timings
+
+        ttft, decode_s, _ = native_greedy_timings(model.session.model, prompt, new_tokens)  # type: ignore
+        return ttft, decode_s
+    generator = model.generator(prompt, new_tokens, ignore_eos=True)
+    for _ in generator:
+        pass
+    return generator.prefill_seconds, generator.decode_seconds

@@ -1,0 +1,187 @@
+"""Read a decoder graph's structure (op census, declared inputs/outputs) without the `onnx` package.
+
+A device installs the runtime alone, and `onnx` is an export-time dependency, so this walks the protobuf wire
+format directly: only the handful of fields below, skipping everything else (weights included) by length.
+Field numbers are those of onnx.proto3 (ModelProto.graph = 7, GraphProto.node = 1, ...).
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from phi3_edge.errors import ArtifactError
+
+# onnx.proto3 field numbers we read.
+_MODEL_GRAPH = 7
+_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 1, 5, 11, 12
+_NODE_INPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 4, 5, 7
+_TENSOR_NAME, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA = 8, 9, 13
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
+_ATTR_GRAPH, _ATTR_GRAPHS = 6, 11  # If/Loop bodies: their nodes count too
+_VALUE_NAME, _VALUE_TYPE = 1, 2
+_TYPE_TENSOR = 1
+_TENSOR_ELEM_TYPE, _TENSOR_SHAPE = 1, 2
+_SHAPE_DIM = 1
+_DIM_VALUE, _DIM_PARAM = 1, 2
+# TensorProto.DataType values a decoder's I/O can have.
+_ELEM_TYPES = {1: "float32", 6: "int32", 7: "int64", 10: "float16", 11: "float64", 16: "bfloat16"}
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+# Our attention op: its past/present buffers may be shared (updated in place), see kv_pass.py.
+GQA_OP = "com.microsoft.GroupQueryAttention"
+# Ops that read one row of their data input per token (an embedding lookup), not the whole tensor.
+_ROW_LOOKUPS = ("Gather", "com.microsoft.GatherBlockQuantized")
+
+
+class _Malformed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One declared graph input or output: name, element type and shape (ints or symbolic names)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    ops: Counter[str]  # "domain.OpType" (domain omitted for the default ONNX domain) -> node count
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    # Bytes of weights only ever indexed by a row lookup (an untied embedding table): a decode step reads
+    # one row of them, so they do not count towards the bytes a token streams from memory.
+    lookup_only_bytes: int = 0
+
+    @property
+    def has_gqa(self) -> bool:
+        return self.ops.get(GQA_OP, 0) > 0
+
+
+def read_graph_info(model_path: Path) -> GraphInfo:
+    """Op census and I/O of an ONNX file; one ArtifactError naming the file if it is not an ONNX model."""
+    problem = "empty file"
+    try:
+        # mmap, not read(): a graph with embedded weights can be ~2 GB, of which we touch a few KB.
+        with open(model_path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            try:
+                return _parse(memoryview(mapped))
+            except (_Malformed, UnicodeDecodeError, IndexError) as exc:
+                problem = str(exc)  # the traceback (and the views into the map it holds) dies here
+    except (OSError, ValueError) as exc:  # ValueError: mmap of an empty file
+        problem = getattr(exc, "strerror", None) or str(exc)
+    raise ArtifactError(f"cannot read the graph as an ONNX protobuf ({problem})", model_path)
+
+
+def _parse(model: memoryview) -> GraphInfo:
+    graph = _only(model, _MODEL_GRAPH)
+    if graph is None:
+        raise _Malformed("no graph")
+    uses: dict[str, set[tuple[str, int]]] = {}
+    ops = _census(graph, Counter(), uses)
+    sizes = {_text(tensor, _TENSOR_NAME): _tensor_bytes(tensor) for tensor in _all(graph, _GRAPH_INITIALIZER)}
+    lookup_only = sum(size for name, size in sizes.items()
+                      if uses.get(name) and all(op in _ROW_LOOKUPS and slot == 0 for op, slot in uses[name]))
+    return GraphInfo(ops, _values(graph, _GRAPH_INPUT), _values(graph, _GRAPH_OUTPUT), lookup_only)
+
+
+def _tensor_bytes(tensor: memoryview) -> int:
+    """Stored size of an initializer: external data's "length" entry, else its inline raw_data."""
+    for entry in _all(tensor, _TENSOR_EXTERNAL_DATA):
+        if _text(entry, _ENTRY_KEY) == "length":
+            return int(_text(entry, _ENTRY_VALUE))
+    raw = _only(tensor, _TENSOR_RAW_DATA)
+    return len(raw) if raw is not None else 0
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """(field number, wire type, value): ints for varint/fixed fields, a sub-view for length-delimited ones."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == _VARINT:
+            value, pos = _varint(buf, pos)
+            yield field, wire, value
+        elif wire == _LENGTH:
+            size, pos = _varint(buf, pos)
+            if pos + size > end:
+                raise _Malformed("truncated field")
+            yield field, wire, buf[pos : pos + size]
+            pos += size
+        elif wire in (_FIXED64, _FIXED32):
+            width = 8 if wire == _FIXED64 else 4
+            yield field, wire, int.from_bytes(buf[pos : pos + width], "little")
+            pos += width
+        else:  # groups (3, 4) are not used by onnx.proto3
+            raise _Malformed(f"unsupported wire type {wire}")
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result, shift = 0, 0
+    while pos < len(buf):
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    raise _Malformed("truncated varint")
+
+
+def _all(buf: memoryview, number: int) -> Iterator[memoryview]:
+    return (value for field, wire, value in _fields(buf) if field == number and wire == _LENGTH)  # type: ignore[misc]
+
+
+def _only(buf: memoryview, number: int) -> memoryview | None:
+    return next(_all(buf, number), None)
+
+
+def _text(buf: memoryview, number: int) -> str:
+    value = _only(buf, number)
+    return bytes(value).decode("utf-8") if value is not None else ""
+
+
+def _census(graph: memoryview, counts: Counter[str], uses: dict[str, set[tuple[str, int]]]) -> Counter[str]:
+    """Count ops (subgraphs included) and record, per value name, which (op, input slot) consume it."""
+    for node in _all(graph, _GRAPH_NODE):
+        domain, op = _text(node, _NODE_DOMAIN), _text(node, _NODE_OP_TYPE)
+        name = f"{domain}.{op}" if domain not in ("", "ai.onnx") else op
+        counts[name] += 1
+        for slot, value in enumerate(_all(node, _NODE_INPUT)):
+            uses.setdefault(bytes(value).decode("utf-8"), set()).add((name, slot))
+        for attribute in _all(node, _NODE_ATTRIBUTE):
+            for number in (_ATTR_GRAPH, _ATTR_GRAPHS):
+                for subgraph in _all(attribute, number):
+                    _census(subgraph, counts, uses)
+    return counts
+
+
+def _values(graph: memoryview, number: int) -> tuple[TensorInfo, ...]:
+    return tuple(_tensor_info(value) for value in _all(graph, number))
+
+
+def _tensor_info(value: memoryview) -> TensorInfo:
+    name = _text(value, _VALUE_NAME)
+    kind = _only(value, _VALUE_TYPE)
+    tensor = _only(kind, _TYPE_TENSOR) if kind is not None else None
+    if tensor is None:
+        return TensorInfo(name, "?", ())
+    elem = next((v for f, w, v in _fields(tensor) if f == _TENSOR_ELEM_TYPE and w == _VARINT), 0)
+    shape = _only(tensor, _TENSOR_SHAPE)
+    dims = tuple(_dim(dim) for dim in _all(shape, _SHAPE_DIM)) if shape is not None else ()
+    return TensorInfo(name, _ELEM_TYPES.get(int(elem), f"type{elem}"), dims)
+
+
+def _dim(dim: memoryview) -> int | str:
+    for field, wire, value in _fields(dim):
+        if field == _DIM_VALUE and wire == _VARINT:
+            return int(value)  # type: ignore[arg-type]
+        if field == _DIM_PARAM and wire == _LENGTH:
+            return bytes(value).decode("utf-8")  # type: ignore[arg-type]
+    return "?"
