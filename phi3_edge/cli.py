@@ -172,11 +172,13 @@ def _echo_stats(result: Any) -> None:
 @_generation_options
 @click.option("--chat", "as_chat", is_flag=True, help="Send PROMPT as a user message through the chat template.")
 @click.option("--system", help="System message (with --chat).")
-def run(folder: str, prompt: str, backend: str, as_chat: bool, system: str | None, **generation: Any) -> None:
+@click.option("--no-verify", is_flag=True, help="Skip checking the files against manifest.json's hashes.")
+def run(folder: str, prompt: str, backend: str, as_chat: bool, system: str | None, no_verify: bool,
+        **generation: Any) -> None:
     """Complete PROMPT with the model in artifact folder DIR, streaming to stdout (greedy unless sampling)."""
     from phi3_edge import api
 
-    model = api.load(folder, backend=backend)
+    model = api.load(folder, backend=backend, verify=not no_verify)
     request: Any = prompt
     if as_chat:
         request = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -190,11 +192,12 @@ def run(folder: str, prompt: str, backend: str, as_chat: bool, system: str | Non
 @click.option("--system", help="System message at the start of the conversation.")
 @click.option("--truncate", is_flag=True, help="Drop the oldest turns when the conversation outgrows the context.")
 @_generation_options
-def chat(folder: str, system: str | None, truncate: bool, backend: str, **generation: Any) -> None:
+@click.option("--no-verify", is_flag=True, help="Skip checking the files against manifest.json's hashes.")
+def chat(folder: str, system: str | None, truncate: bool, backend: str, no_verify: bool, **generation: Any) -> None:
     """Chat with the model in DIR: one user message per line on stdin; `/exit` or end of input ends it."""
     from phi3_edge import api
 
-    model = api.load(folder, backend=backend)
+    model = api.load(folder, backend=backend, verify=not no_verify)
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     stdin = sys.stdin
     while True:
@@ -229,13 +232,14 @@ def chat(folder: str, system: str | None, truncate: bool, backend: str, **genera
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads (default: physical cores for ort, logical CPUs / 2 for genai).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--no-verify", is_flag=True, help="Skip checking the files against manifest.json's hashes.")
 def bench(folder: str, prompt_len: int, gen_len: int, backend: str, bandwidth_mb: int, repeats: int,
-          threads: int | None, as_json: bool) -> None:
+          threads: int | None, as_json: bool, no_verify: bool) -> None:
     """TTFT, prefill/decode tokens/s, peak RSS and decode roofline ratio of the model in DIR."""
     from phi3_edge.edge_runtime.bench import run_bench
 
     report = run_bench(folder, prompt_len, gen_len, backend=backend, bandwidth_mb=bandwidth_mb, repeats=repeats,
-                       intra_op_threads=threads)
+                       intra_op_threads=threads, verify=not no_verify)
     if as_json:
         import json
 

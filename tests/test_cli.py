@@ -68,10 +68,18 @@ def test_run_on_an_incomplete_folder_names_what_is_wrong(tmp_path: Path, files: 
             Tokenizer(models.BPE()).save(str(tmp_path / name))
         else:
             (tmp_path / name).write_text(text, encoding="utf-8")
-    result = _invoke("run", str(tmp_path), "hello")
+    result = _invoke("run", str(tmp_path), "hello", "--no-verify")  # no manifest: test the loader's own checks
     assert result.exit_code == 1
     line = _one_line(result.stderr)
     assert line.startswith("error: ") and named in line
+
+
+def test_run_refuses_a_folder_without_manifest(tmp_path: Path) -> None:
+    """Verification is on by default: a folder that is not a complete artifact of ours is refused up front."""
+    (tmp_path / "genai_config.json").write_text(GENAI_CONFIG, encoding="utf-8")
+    result = _invoke("run", str(tmp_path), "hello")
+    assert result.exit_code == 1
+    assert "manifest.json" in _one_line(result.stderr)
 
 
 def test_debug_shows_the_exception(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from phi3_edge.edge_runtime.session import DecoderConfig, DecoderSession, read_d
 from phi3_edge.edge_runtime.stopping import StopStrings
 from phi3_edge.edge_runtime.tokenizer import EdgeTokenizer
 from phi3_edge.errors import ArtifactError, Phi3EdgeError
+from phi3_edge.integrity import verify_artifact
 
 DEFAULT_MAX_NEW_TOKENS = 128
 BACKENDS = ("ort", "genai")
@@ -38,16 +39,19 @@ class EdgeModel:
 
     @classmethod
     def load(cls, folder: str | Path, *, intra_op_threads: int | None = None, backend: str = "ort",
-             kv_cache: str = "auto") -> EdgeModel:
+             kv_cache: str = "auto", verify: bool = True) -> EdgeModel:
         """Open an artifact folder.
 
         backend "ort" runs our onnxruntime loop (intra_op_threads defaults to the physical cores we may run
         on; kv_cache "auto" | "shared" | "concat", see DecoderSession); "genai" runs onnxruntime-genai
-        (intra_op_threads defaults to og's own choice, logical CPUs / 2).
+        (intra_op_threads defaults to og's own choice, logical CPUs / 2). verify checks every file against
+        manifest.json (full hashes the first time, then a size/mtime stamp): a damaged folder is refused.
         """
         folder = Path(folder)
         if not folder.is_dir():
             raise ArtifactError("artifact folder not found", folder)
+        if verify:
+            verify_artifact(folder)
         if backend not in BACKENDS:
             raise Phi3EdgeError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         config = read_decoder_config(folder)

@@ -170,10 +170,9 @@ class DecoderSession:
         self.config = config
         # Flattened layer by layer, key before value: the order the graph lists them in and we feed them.
         layers = range(config.num_layers)
-        self._past_names = [name for i in layers for name in (io_spec.past_key(i), io_spec.past_value(i))]
-        presents = [name for i in layers for name in (io_spec.present_key(i), io_spec.present_value(i))]
-        self.past_names, self.present_names = self._past_names, presents
-        self._output_names = [io_spec.LOGITS, *presents]
+        self.past_names = [name for i in layers for name in (io_spec.past_key(i), io_spec.past_value(i))]
+        self.present_names = [name for i in layers for name in (io_spec.present_key(i), io_spec.present_value(i))]
+        self._output_names = [io_spec.LOGITS, *self.present_names]
         self.kv_dtype = self._check_inputs(model_path)
         logits_type = {node.name: node.type for node in self._session.get_outputs()}.get(io_spec.LOGITS)
         self.logits_dtype = _ORT_FLOAT_TYPES.get(str(logits_type), np.float32)
@@ -192,7 +191,7 @@ class DecoderSession:
     def _check_inputs(self, model_path: Path) -> type[np.floating]:
         """Every graph input must be one we feed; returns the KV-cache dtype."""
         inputs = {node.name: node.type for node in self._session.get_inputs()}
-        expected = [io_spec.INPUT_IDS, io_spec.ATTENTION_MASK, *self._past_names]
+        expected = [io_spec.INPUT_IDS, io_spec.ATTENTION_MASK, *self.past_names]
         missing = [name for name in expected if name not in inputs]
         unknown = [name for name in inputs if name not in expected]
         if missing or unknown:
@@ -207,7 +206,7 @@ class DecoderSession:
         """Zero-length past tensors [1, kv_heads, 0, head_dim]: the prefill step's past."""
         shape = (1, self.config.kv_heads, 0, self.config.head_dim)  # (B, Hkv, past, D)
         empty = np.zeros(shape, dtype=self.kv_dtype)
-        return {name: empty for name in self._past_names}
+        return {name: empty for name in self.past_names}
 
     def step(self, input_ids: list[int], total_length: int, past: KVCache) -> tuple[np.ndarray, KVCache]:
         """Run new tokens through the decoder; returns the last position's logits [V] and the next past."""
@@ -220,4 +219,4 @@ class DecoderSession:
         outputs = self._session.run(self._output_names, feeds)
         logits = outputs[0][0, -1]  # (B, S, V) -> (V,)
         # present.{i} of this step is past_key_values.{i} of the next one (same order, see __init__).
-        return logits, dict(zip(self._past_names, outputs[1:]))
+        return logits, dict(zip(self.past_names, outputs[1:]))

@@ -254,3 +254,19 @@ def test_runtime_modules_do_not_import_onnx() -> None:
             "assert not bad, bad")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_load_refuses_a_damaged_artifact_by_default(tiny_checkpoint, tmp_path) -> None:
+    """load() verifies: a flipped byte in model.onnx.data is refused, verify=False skips the check."""
+    from phi3_edge.api import export, load
+    from phi3_edge.errors import ArtifactError
+
+    export(str(tiny_checkpoint("gqa")), target="cpu-fp32", output=tmp_path / "a", progress=False)
+    assert load(tmp_path / "a").generate_ids([1, 2, 3], max_new_tokens=2).token_ids
+    data = tmp_path / "a" / "model.onnx.data"
+    blob = bytearray(data.read_bytes())
+    blob[100] ^= 0xFF
+    data.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="damaged"):
+        load(tmp_path / "a")
+    assert load(tmp_path / "a", verify=False).generate_ids([1, 2, 3], max_new_tokens=2).token_ids
