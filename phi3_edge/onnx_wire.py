@@ -172,3 +172,10 @@ def _decode(value: memoryview) -> str:
         return bytes(value).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WireError("a name is not UTF-8") from exc
+
+
+# The wire primitives, public for the runtime's op census (edge_runtime/census.py): one protobuf reader.
+fields = _fields
+length_fields = _all
+text = _text
+dim = _dim

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import mmap
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from phi3_edge.errors import ArtifactError
+from phi3_edge.onnx_wire import WireError as _Malformed
+from phi3_edge.onnx_wire import dim as _dim
+from phi3_edge.onnx_wire import fields as _fields
+from phi3_edge.onnx_wire import length_fields as _all
+from phi3_edge.onnx_wire import text as _text
 
 # onnx.proto3 field numbers we read.
 _MODEL_GRAPH = 7
@@ -29,15 +33,11 @@ _SHAPE_DIM = 1
 _DIM_VALUE, _DIM_PARAM = 1, 2
 # TensorProto.DataType values a decoder's I/O can have.
 _ELEM_TYPES = {1: "float32", 6: "int32", 7: "int64", 10: "float16", 11: "float64", 16: "bfloat16"}
-_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+_VARINT = 0  # protobuf wire type of an integer field
 # Our attention op: its past/present buffers may be shared (updated in place), see kv_pass.py.
 GQA_OP = "com.microsoft.GroupQueryAttention"
 # Ops that read one row of their data input per token (an embedding lookup), not the whole tensor.
 _ROW_LOOKUPS = ("Gather", "com.microsoft.GatherBlockQuantized")
-
-
-class _Malformed(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -99,52 +99,9 @@ def _tensor_bytes(tensor: memoryview) -> int:
     return len(raw) if raw is not None else 0
 
 
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
-    """(field number, wire type, value): ints for varint/fixed fields, a sub-view for length-delimited ones."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == _VARINT:
-            value, pos = _varint(buf, pos)
-            yield field, wire, value
-        elif wire == _LENGTH:
-            size, pos = _varint(buf, pos)
-            if pos + size > end:
-                raise _Malformed("truncated field")
-            yield field, wire, buf[pos : pos + size]
-            pos += size
-        elif wire in (_FIXED64, _FIXED32):
-            width = 8 if wire == _FIXED64 else 4
-            yield field, wire, int.from_bytes(buf[pos : pos + width], "little")
-            pos += width
-        else:  # groups (3, 4) are not used by onnx.proto3
-            raise _Malformed(f"unsupported wire type {wire}")
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result, shift = 0, 0
-    while pos < len(buf):
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-    raise _Malformed("truncated varint")
-
-
-def _all(buf: memoryview, number: int) -> Iterator[memoryview]:
-    return (value for field, wire, value in _fields(buf) if field == number and wire == _LENGTH)  # type: ignore[misc]
-
-
 def _only(buf: memoryview, number: int) -> memoryview | None:
-    return next(_all(buf, number), None)
-
-
-def _text(buf: memoryview, number: int) -> str:
-    value = _only(buf, number)
-    return bytes(value).decode("utf-8") if value is not None else ""
+    values = _all(buf, number)
+    return values[0] if values else None
 
 
 def _census(graph: memoryview, counts: Counter[str], uses: dict[str, set[tuple[str, int]]]) -> Counter[str]:
@@ -176,12 +133,3 @@ def _tensor_info(value: memoryview) -> TensorInfo:
     shape = _only(tensor, _TENSOR_SHAPE)
     dims = tuple(_dim(dim) for dim in _all(shape, _SHAPE_DIM)) if shape is not None else ()
     return TensorInfo(name, _ELEM_TYPES.get(int(elem), f"type{elem}"), dims)
-
-
-def _dim(dim: memoryview) -> int | str:
-    for field, wire, value in _fields(dim):
-        if field == _DIM_VALUE and wire == _VARINT:
-            return int(value)  # type: ignore[arg-type]
-        if field == _DIM_PARAM and wire == _LENGTH:
-            return bytes(value).decode("utf-8")  # type: ignore[arg-type]
-    return "?"
