@@ -46,6 +46,7 @@ class ExportResult:
 
 def export(model: str, target: str = "cpu-fp32", output: str | Path | None = None, *, force: bool = False,
            require_tokenizer: bool = True, progress: bool | None = None, quant_algo: str = "rtn",
+           mixed_precision: bool = False,
            lm_head: str | None = None, embeddings: str | None = None, max_kl: float | None = None,
            fidelity: bool = True) -> ExportResult:
     """Export a Phi-3 checkpoint (local folder, hub id, short name or "demo") to an artifact folder.
@@ -84,10 +85,12 @@ def export(model: str, target: str = "cpu-fp32", output: str | Path | None = Non
     with staged_artifact(output, force=force) as folder:
         with export_progress(total_bytes, spec.num_layers, progress) as hooks:
             stats = export_graph(spec, chosen, checkpoint.weight_files, folder, quant_algo=quant_algo,
+                                 mixed_precision=mixed_precision,
                                  head_options=HeadOptions(lm_head=lm_head, embeddings=embeddings),
                                  on_tensor=hooks.on_tensor, on_layer=hooks.on_layer)
         # Inside staged_artifact: a failed accuracy gate deletes the staging folder, nothing reaches `output`.
-        measured = _write_companions(folder, checkpoint, spec, chosen, stats, quant_algo, gate)
+        recipe_name = quant_algo + ("+int8-mixed" if mixed_precision and chosen.bits == 4 else "")
+        measured = _write_companions(folder, checkpoint, spec, chosen, stats, recipe_name, gate)
     size = sum(path.stat().st_size for path in output.iterdir() if path.is_file())
     return ExportResult(output, chosen.name, size, stats.nodes, time.perf_counter() - started, stats.fused_rotary,
                         measured, stats.ort_format)

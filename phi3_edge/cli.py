@@ -91,6 +91,9 @@ class _ExportCommand(click.Command):
 @click.option("--no-tokenizer", is_flag=True, help="Export even when the checkpoint has no tokenizer.json.")
 @click.option("--quant-algo", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
               help="int4/int8 rounding: rtn (round to nearest) or hqq (error-minimizing zero points, 4-bit).")
+@click.option("--mixed-precision", is_flag=True,
+              help="int4 targets: int8 MLP down projections in the layers where int4 hurts most "
+                   "(first/last eighth, every third between; llama.cpp's Q4_K_M choice).")
 @click.option("--lm-head", type=click.Choice(["float", "int8", "int4"]), default=None,
               help="Precision of lm_head (default: as the rest of the target's weights).")
 @click.option("--embeddings", type=click.Choice(["float", "quantized"]), default=None,
@@ -103,13 +106,14 @@ class _ExportCommand(click.Command):
               help="Skip measuring a quantized export against cpu-fp32 (recorded as null; for huge models).")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the artifact path.")
 def export(model: str, target: str, output: str | None, force: bool, no_tokenizer: bool, quant_algo: str,
-           lm_head: str | None, embeddings: str | None, max_kl: float | None, no_fidelity: bool,
-           quiet: bool) -> None:
+           mixed_precision: bool, lm_head: str | None, embeddings: str | None, max_kl: float | None,
+           no_fidelity: bool, quiet: bool) -> None:
     """Export a Phi-3 checkpoint to an ONNX Runtime artifact folder."""
     from phi3_edge import api
 
     result = api.export(model, target, output, force=force, require_tokenizer=not no_tokenizer,
                         progress=False if quiet else None, quant_algo=quant_algo,
+                        mixed_precision=mixed_precision,
                         lm_head=lm_head, embeddings=embeddings, max_kl=max_kl, fidelity=not no_fidelity)
     if quiet:
         click.echo(str(result.output))

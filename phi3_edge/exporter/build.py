@@ -40,7 +40,8 @@ class GraphStats:
 
 
 def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...], folder: Path,
-                 *, quant_algo: str = "rtn", head_options: HeadOptions = HeadOptions(),
+                 *, quant_algo: str = "rtn", mixed_precision: bool = False,
+                 head_options: HeadOptions = HeadOptions(),
                  linear_factory: LinearFactory | None = None,
                  on_tensor: Callable[[str, int], None] | None = None,
                  on_layer: Callable[[int], None] | None = None) -> GraphStats:
@@ -50,7 +51,8 @@ def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...],
     float_dtype = WEIGHT_DTYPES.get(target.weight_format, target.io_dtype)
     with WeightStore(weight_files) as store, TensorWriter(folder / DATA_FILE) as writer:
         source = WeightSource(store, writer, float_dtype=float_dtype, on_tensor=on_tensor)
-        linear = (linear_factory or linear_factory_for(target, quant_algo))(source)
+        mixed_layers = spec.num_layers if mixed_precision else None
+        linear = (linear_factory or linear_factory_for(target, quant_algo, mixed_layers))(source)
         g = GraphBuilder("phi3_decoder")
         heads = make_heads(g, spec, target, source, linear, head_options)
         model = build_decoder(g, spec, plan, source, linear, heads, on_layer or (lambda layer: None))
