@@ -121,7 +121,9 @@ def _accuracy_gate(checkpoint: Any, quantized: bool, output: Path, *, measure: b
     def gate(candidate: Path) -> dict[str, Any]:
         if progress is not False:
             print("measuring fidelity against a cpu-fp32 export of the same checkpoint", file=sys.stderr, flush=True)
-        record = measure_against_reference(candidate, export_reference, scratch_parent=output.parent)
+        # The reference goes inside the staging folder: on the output's filesystem, and swept with the staging
+        # folder by the next export if this process is killed mid-gate (nothing stale is left beside --output).
+        record = measure_against_reference(candidate, export_reference, scratch_parent=candidate)
         enforce_max_kl(record, max_kl)
         return {**record, "max_kl": max_kl}
 

@@ -22,7 +22,7 @@ def measure_against_reference(candidate: Path, export_reference: Callable[[Path]
                               scratch_parent: Path) -> dict[str, Any]:
     """Export the reference into a temporary folder, compare, delete it; returns the manifest's fidelity dict.
 
-    The scratch folder sits beside the output (`scratch_parent`), not in the system temp dir: an fp32
+    The scratch folder sits in `scratch_parent` (the export's staging folder), not the system temp dir: an fp32
     reference is 4 bytes per weight (15 GB for Phi-3-mini) and /tmp is often a small RAM-backed tmpfs, while
     the output's filesystem has just been shown to hold an export.
     """

@@ -28,6 +28,8 @@ def test_a_quantized_export_records_its_fidelity(tiny_checkpoint, tmp_path):
     assert fidelity["max_kl"] == 10.0
     assert result.fidelity == fidelity
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the temporary fp32 reference is gone
+    assert not [p for p in (tmp_path / "out").iterdir() if p.is_dir()]  # ... from inside the artifact too
+    assert set(manifest(tmp_path / "out")["files"]) == {p.name for p in (tmp_path / "out").iterdir()} - {"manifest.json"}
 
 
 def test_a_failed_gate_leaves_nothing(tiny_checkpoint, tmp_path):
