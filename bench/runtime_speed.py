@@ -47,6 +47,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shape", default="mini", help="a bench/checkpoints.py SHAPES key")
     parser.add_argument("--work", type=Path, default=Path("/tmp/phi3-edge-bench"))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--from-runs", type=Path, help="re-print the table of a saved runtime_speed_runs.json")
     parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)  # internal: one measurement
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -146,21 +147,37 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def best_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (precision, threads, backend): the best TTFT and the best decode over all passes.
+    """One row per (precision, threads, backend): the best TTFT and decode speed over all passes, the mean
+    decode speed, and roofline ratios against one bandwidth per thread count (the best any worker measured).
 
-    Noise on a shared machine only ever adds time, so the minimum is the runtime's own speed.
+    Noise on a shared machine only ever adds time, so the minimum is the runtime's own speed; the mean shows
+    how much noise there was. A common bandwidth keeps one noisy copy measurement from skewing one row.
     """
     rows: dict[tuple[str, int, str], dict[str, Any]] = {}
+    decodes: dict[tuple[str, int, str], list[float]] = {}
     for run in runs:
         key = (run["precision"], run["threads"], run["backend"])
-        best = rows.setdefault(key, dict(run))
-        if "error" in run or "error" in best:
-            best.update(run if "error" in run else {})
+        if "error" in run or "error" in rows.get(key, {}):
+            rows[key] = {**rows.get(key, {}), **run} if "error" in run else rows[key]
             continue
-        if run["decode_tps"] > best["decode_tps"]:
-            best.update({k: v for k, v in run.items() if k.startswith(("decode", "roofline"))})
+        decodes.setdefault(key, []).append(run["decode_tps"])
+        best = rows.setdefault(key, dict(run))
+        best["decode_tps"] = max(best["decode_tps"], run["decode_tps"])
         best["ttft_s"] = min(best["ttft_s"], run["ttft_s"])
         best["peak_rss_mb"] = max(best["peak_rss_mb"], run["peak_rss_mb"])
+    bandwidth = {}
+    for run in runs:
+        if "bandwidth_gbps" in run:
+            bandwidth[run["threads"]] = max(bandwidth.get(run["threads"], 0.0), run["bandwidth_gbps"])
+    for key, row in rows.items():
+        if "error" in row:
+            continue
+        row["decode_tps_mean"] = sum(decodes[key]) / len(decodes[key])
+        if "weight_bytes" in row:
+            per_byte = row["decode_tps"] / (bandwidth[row["threads"]] * 1e9)
+            row["bandwidth_gbps"] = bandwidth[row["threads"]]
+            row["roofline_ratio"] = per_byte * row["weight_bytes"]
+            row["roofline_ratio_streamed"] = per_byte * row["streamed_weight_bytes"]
     return list(rows.values())
 
 
@@ -170,15 +187,18 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
     title = (f"Phi-3-{args.shape} shapes, {args.layers} layers, prompt {args.prompt_len}, {args.gen_len} new "
              f"tokens; best of {args.passes} passes x {args.repeats} runs")
-    table = Table("precision", "threads", "runtime", "TTFT ms", "decode tok/s", "vs genai decode", "vs genai TTFT",
-                  "roofline ratio (file)", "roofline ratio (streamed)", "peak RSS MB", title=title)
-    genai = {(row["precision"], row["threads"]): row for row in rows if row["backend"] == "genai" and "error" not in row}
+    table = Table("precision", "threads", "runtime", "TTFT ms", "decode tok/s", "mean decode", "vs genai decode",
+                  "vs genai TTFT", "roofline (file)", "roofline (streamed)", "peak RSS MB", title=title)
+    genai = {(row["precision"], row["threads"]): row for row in rows
+             if row["backend"] == "genai" and "error" not in row}
     for row in rows:
         if "error" in row:
-            table.add_row(row["precision"], str(row["threads"]), row["backend"], "FAILED: " + row["error"], *[""] * 6)
+            table.add_row(row["precision"], str(row["threads"]), row["backend"], "FAILED: " + row["error"],
+                          *[""] * 7)
             continue
         base = genai.get((row["precision"], row["threads"]))
-        table.add_row(row["precision"], str(row["threads"]), row["backend"], f"{row['ttft_s'] * 1000:.0f}", f"{row['decode_tps']:.2f}",
+        table.add_row(row["precision"], str(row["threads"]), row["backend"], f"{row['ttft_s'] * 1000:.0f}",
+                      f"{row['decode_tps']:.2f}", f"{row['decode_tps_mean']:.2f}",
                       f"{row['decode_tps'] / base['decode_tps']:.3f}x" if base else "-",
                       f"{row['ttft_s'] / base['ttft_s']:.3f}x" if base else "-",
                       f"{row['roofline_ratio']:.2f}" if "roofline_ratio" in row else "-",
@@ -196,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
-    rows = run_all(args)
+    if args.from_runs:
+        runs = json.loads(args.from_runs.read_text(encoding="utf-8"))
+        args.passes = max(run.get("pass", 1) for run in runs)
+        rows = best_rows(runs)
+    else:
+        rows = run_all(args)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

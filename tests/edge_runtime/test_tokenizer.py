@@ -87,7 +87,8 @@ def test_stream_joins_to_the_full_decode(tokenizer: EdgeTokenizer, text: str) ->
     ids = tokenizer.encode(text)
     pieces = _stream(tokenizer, ids)
     assert "".join(pieces) == tokenizer.decode(ids) == text
-    assert all(REPLACEMENT not in piece for piece in pieces)
+    if REPLACEMENT not in text:  # a U+FFFD the text really contains must come out too (hypothesis found '\ufffd')
+        assert all(REPLACEMENT not in piece for piece in pieces)
 
 
 def _sentencepiece_style() -> EdgeTokenizer:
