@@ -46,6 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_corpus import HELDOUT_MODULES, TRAIN_MODULES, read_modules  # noqa: E402
+from phi3_tokenizer_files import EOS, SPECIAL_TOKENS, special_tokens_map, tokenizer_config  # noqa: E402
 
 SEED = 1234
 DEFAULT_STEPS = 800
@@ -53,8 +54,6 @@ DEFAULT_STEPS = 800
 ~1.7 s/step with bfloat16 autocast (3.6 s/step in float32) at batch 16 x 256, so 800 steps take ~23 minutes."""
 
 BPE_VOCAB = 4000  # 256 byte symbols + merges; the 5 special tokens come after, as Phi-3 places them (32000+)
-EOS = "<|endoftext|>"
-SPECIAL_TOKENS = (EOS, "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{'<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>\n'}}"
@@ -120,30 +119,6 @@ def train_tokenizer(texts: list[str]):
     tokenizer.train_from_iterator(texts, trainer=trainer)
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     return tokenizer
-
-
-def tokenizer_config(tokenizer) -> dict:
-    added = {
-        str(tokenizer.token_to_id(token)): {
-            "content": token, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-            "special": True,
-        }
-        for token in SPECIAL_TOKENS
-    }
-    return {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "added_tokens_decoder": added,
-        "bos_token": None,
-        "eos_token": EOS,
-        "pad_token": EOS,
-        "unk_token": None,
-        "additional_special_tokens": list(SPECIAL_TOKENS[1:]),
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": MODEL_SHAPE["max_position_embeddings"],
-        "chat_template": CHAT_TEMPLATE,
-    }
 
 
 def encode_stream(tokenizer, texts: list[str], eos_id: int) -> torch.Tensor:
@@ -338,10 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         model.save_pretrained).parameters else {}  # transformers 5 always writes safetensors
     model.save_pretrained(out, **save_kwargs)
     tokenizer.save(str(out / "tokenizer.json"))
-    write_json(out / "tokenizer_config.json", tokenizer_config(tokenizer))
-    write_json(out / "special_tokens_map.json", {
-        "eos_token": EOS, "pad_token": EOS, "additional_special_tokens": list(SPECIAL_TOKENS[1:]),
-    })
+    write_json(out / "tokenizer_config.json", tokenizer_config(
+        tokenizer, chat_template=CHAT_TEMPLATE, model_max_length=MODEL_SHAPE["max_position_embeddings"]))
+    write_json(out / "special_tokens_map.json", special_tokens_map())
     write_json(out / "corpus.json", {
         "source": "CPython standard library (sysconfig.get_paths()['stdlib'] of the training interpreter)",
         "python": platform.python_version(),
