@@ -71,15 +71,16 @@ class WeightSource:
         """Progress: `nbytes` of checkpoint data consumed for `hf_name`."""
         self._on_tensor(hf_name, nbytes)
 
-    def row_blocks(self, info: TensorInfo) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, float32 rows) blocks of a tensor in its own layout, for quantizers that work by row."""
-        rows = info.shape[0]
+    def row_blocks(self, info: TensorInfo, rows: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+        """float32 rows of a tensor in its own layout, a bounded chunk at a time, for quantizers that work by
+        row; `rows` limits them to a range (Q, K or V out of a packed qkv_proj reads only its own rows)."""
+        first, last = rows or (0, info.shape[0])
         step = self._rows_per_chunk(int(np.prod(info.shape[1:], dtype=np.int64)))
-        for start in range(0, rows, step):
-            yield start, self.store.read_rows(info, start, min(rows, start + step))
+        for start in range(first, last, step):
+            yield self.store.read_rows(info, start, min(last, start + step))
 
     def _row_chunks(self, info: TensorInfo) -> Iterator[np.ndarray]:
-        for _, block in self.row_blocks(info):
+        for block in self.row_blocks(info):
             yield block.astype(self.float_dtype, copy=False)
 
     def _transposed_chunks(self, info: TensorInfo, row_start: int, row_stop: int) -> Iterator[np.ndarray]:

@@ -121,7 +121,7 @@ class NBitsLinear:
         return tensors
 
     def _packed_chunks(self, info: TensorInfo, first: int, last: int, side: _SideTensors) -> Iterator[np.ndarray]:
-        for rows in _row_range(self.source, info, first, last):
+        for rows in self.source.row_blocks(info, (first, last)):
             quantized = self.quantize(rows)
             side.scales.append(quantized.scales.astype(self.scale_dtype))
             if quantized.zero_points is not None:
@@ -133,14 +133,3 @@ class NBitsLinear:
         if zero_points.dtype == np.uint8:
             return pack_zero_points(zero_points, self.bits)  # (rows, ceil(n_blocks * bits / 8))
         return zero_points.astype(self.scale_dtype)  # (rows, n_blocks)
-
-
-def _row_range(source: WeightSource, info: TensorInfo, first: int, last: int) -> Iterator[np.ndarray]:
-    """float32 rows [first, last) of a 2-D checkpoint tensor in chunks of about source.chunk_bytes.
-
-    Like WeightSource.row_blocks, but for a row range (Q, K or V out of a packed qkv_proj) so that a split
-    projection reads only its own rows.
-    """
-    step = max(1, source.chunk_bytes // (4 * max(1, info.shape[1])))
-    for start in range(first, last, step):
-        yield source.store.read_rows(info, start, min(last, start + step))
