@@ -153,8 +153,9 @@ def _write_companions(folder: Path, checkpoint: Any, spec: Any, target: Any, sta
               "accuracy_level": target.accuracy_level,
               "quant_algo": quant_algo if target.bits is not None else None, **stats.heads,
               "ort_format": stats.ort_format}
+    rope_switch = spec.longrope.original_max_position_embeddings if spec.longrope else None
     manifest = build_manifest(source=source, spec_json=spec.to_json(), target=asdict(target), recipe=recipe,
-                              io_signature=signature, artifact_dir=folder)
+                              io_signature=signature, artifact_dir=folder, rope_switch_length=rope_switch)
     manifest["fidelity"] = fidelity
     write_manifest(folder, manifest)
     return fidelity

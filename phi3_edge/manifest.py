@@ -16,9 +16,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from phi3_edge.artifact_contract import MANIFEST_FILE, ROPE_SWITCH_KEY, rope_switch_length
 from phi3_edge.errors import ArtifactError
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = MANIFEST_FILE
 FORMAT = "phi3-edge-artifact/1"  # the "format" key's value: marks a folder as ours (and its layout version)
 _CHUNK = 1 << 20  # 1 MiB: hashing multi-GB weight files must stream, never read whole
 _TOOLS = ("phi3-edge", "onnx", "onnxruntime", "onnxruntime-genai", "numpy")
@@ -66,12 +67,18 @@ def build_manifest(
     recipe: dict[str, Any],
     io_signature: list[dict[str, Any]],
     artifact_dir: Path,
+    rope_switch_length: int | None,
 ) -> dict[str, Any]:
-    """Assemble the manifest for a finished artifact folder (hashes every file in it except the manifest)."""
+    """Assemble the manifest for a finished artifact folder (hashes every file in it except the manifest).
+
+    rope_switch_length: a LongRoPE model's original_max_position_embeddings, None for plain RoPE; the runtime
+    reads it back with read_rope_switch_length (phi3_edge.artifact_contract says why it lives here).
+    """
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": source,
+        ROPE_SWITCH_KEY: rope_switch_length,
         "spec": spec_json,
         "target": target,
         "recipe": recipe,
@@ -100,20 +107,40 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
 def read_manifest(folder: Path) -> dict[str, Any]:
     """Load and sanity-check manifest.json; every problem is a one-line ArtifactError naming the file."""
     path = Path(folder) / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError("manifest.json not found (not a phi3-edge artifact folder?)", path.parent) from None
-    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, absurd nesting
-        raise ArtifactError(f"not valid JSON ({str(exc)[:120]})", path) from None
-    except OSError as exc:
-        raise ArtifactError(f"cannot be read ({exc.strerror or exc})", path) from None
+    data = _load_json(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else None
         raise ArtifactError(f"not a phi3-edge manifest (format {found!r}, expected {FORMAT!r})", path)
     if not isinstance(data.get("files"), dict):
         raise ArtifactError("manifest has no 'files' table", path)
     return data
+
+
+def read_rope_switch_length(folder: Path) -> int | None:
+    """The runtime's read of manifest.json: the LongRoPE switch length, or None for plain RoPE.
+
+    A folder without a manifest of ours (no manifest.json, or another format) runs with plain RoPE, as
+    onnxruntime-genai runs it; an unreadable manifest.json, or ours with a missing or malformed field, is an
+    ArtifactError (guessing would run a LongRoPE model wrongly past the switch).
+    """
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    data = _load_json(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    return rope_switch_length(data, path)
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError("manifest.json not found (not a phi3-edge artifact folder?)", path.parent) from None
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, absurd nesting
+        raise ArtifactError(f"not valid JSON ({str(exc)[:120]})", path) from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot be read ({exc.strerror or exc})", path) from None
 
 
 def is_artifact(folder: Path) -> bool:
@@ -123,32 +150,6 @@ def is_artifact(folder: Path) -> bool:
     except ArtifactError:
         return False
     return True
-
-
-def verify_files(folder: Path) -> list[str]:
-    """Compare the folder against its manifest; returns one line per problem (empty list: intact)."""
-    folder = Path(folder)
-    listed: dict[str, Any] = read_manifest(folder)["files"]
-    problems = [_check_entry(folder, name, entry) for name, entry in sorted(listed.items())]
-    problems += [f"{name}: not listed in the manifest" for name in _listed_names(folder) if name not in listed]
-    return [problem for problem in problems if problem]
-
-
-def _check_entry(folder: Path, name: str, entry: Any) -> str | None:
-    # A manifest is input from disk: never let a name reach outside the folder.
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        return f"{name}: refusing a file name outside the artifact folder"
-    if not isinstance(entry, dict) or "sha256" not in entry or "bytes" not in entry:
-        return f"{name}: malformed manifest entry"
-    path = folder / name
-    if not path.is_file():
-        return f"{name}: missing"
-    size = path.stat().st_size
-    if size != entry["bytes"]:
-        return f"{name}: size {size} bytes, manifest says {entry['bytes']}"
-    if sha256_file(path) != entry["sha256"]:
-        return f"{name}: sha256 mismatch (file changed since export)"
-    return None
 
 
 def _listed_names(folder: Path) -> list[str]:

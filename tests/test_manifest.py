@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from phi3_edge import manifest as mf
+from phi3_edge.artifact_contract import ROPE_SWITCH_KEY
 from phi3_edge.errors import ArtifactError
+from phi3_edge.integrity import check_artifact
 
 
-def make_artifact(folder: Path) -> dict:
+def make_artifact(folder: Path, rope_switch_length: int | None = None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(b"graph")
     (folder / "model.onnx.data").write_bytes(b"\1" * 1000)
@@ -25,9 +27,15 @@ def make_artifact(folder: Path) -> dict:
         recipe={"weights": "fp32"},
         io_signature=[{"name": "input_ids", "dtype": "int64", "shape": ["batch_size", "sequence_length"]}],
         artifact_dir=folder,
+        rope_switch_length=rope_switch_length,
     )
     mf.write_manifest(folder, manifest)
     return manifest
+
+
+def file_problems(folder: Path) -> dict[str, str]:
+    """{name: problem} from the one real verifier's file checks (these folders hold no real graph)."""
+    return {f.name: f.problem for f in check_artifact(folder, remember=False).files if f.problem}
 
 
 def test_sha256_file_streams_large_files(tmp_path):
@@ -63,7 +71,7 @@ def test_roundtrip_and_verify_clean(tmp_path):
     manifest = make_artifact(tmp_path / "a")
     assert mf.read_manifest(tmp_path / "a") == json.loads(json.dumps(manifest))
     assert mf.is_artifact(tmp_path / "a")
-    assert mf.verify_files(tmp_path / "a") == []
+    assert file_problems(tmp_path / "a") == {}
 
 
 def test_verify_reports_each_problem(tmp_path):
@@ -73,11 +81,11 @@ def test_verify_reports_each_problem(tmp_path):
     (folder / "model.onnx.data").write_bytes(b"short")
     (folder / "sub" / "x.txt").unlink()
     (folder / "extra.bin").write_bytes(b"")
-    problems = mf.verify_files(folder)
-    assert any(p.startswith("model.onnx: sha256 mismatch") for p in problems)
-    assert any(p.startswith("model.onnx.data: size 5 bytes, manifest says 1000") for p in problems)
-    assert "sub/x.txt: missing" in problems
-    assert "extra.bin: not listed in the manifest" in problems
+    problems = file_problems(folder)
+    assert "sha256 differs" in problems["model.onnx"]
+    assert "size 5 != 1000 recorded" in problems["model.onnx.data"]
+    assert "listed in manifest.json but missing" in problems["sub/x.txt"]
+    assert "not listed in manifest.json" in problems["extra.bin"]
     assert len(problems) == 4
 
 
@@ -87,9 +95,45 @@ def test_verify_refuses_names_outside_the_folder(tmp_path):
     manifest["files"]["../secret"] = {"sha256": "0", "bytes": 0}
     manifest["files"]["bad"] = "nope"
     mf.write_manifest(folder, manifest)
-    problems = mf.verify_files(folder)
-    assert "../secret: refusing a file name outside the artifact folder" in problems
-    assert "bad: malformed manifest entry" in problems
+    problems = file_problems(folder)
+    assert "names a file outside the artifact folder" in problems["../secret"]
+    assert "malformed entry" in problems["bad"]
+
+
+@pytest.mark.parametrize("value", [4096, None])
+def test_rope_switch_length_roundtrips(tmp_path, value):
+    manifest = make_artifact(tmp_path / "a", rope_switch_length=value)
+    assert manifest[ROPE_SWITCH_KEY] == value
+    assert mf.read_rope_switch_length(tmp_path / "a") == value
+
+
+def test_rope_switch_length_without_our_manifest_is_plain_rope(tmp_path):
+    assert mf.read_rope_switch_length(tmp_path) is None  # no manifest.json: what onnxruntime-genai does
+    (tmp_path / mf.MANIFEST_NAME).write_text(json.dumps({"format": "someone-else/1", ROPE_SWITCH_KEY: "x"}))
+    assert mf.read_rope_switch_length(tmp_path) is None
+
+
+@pytest.mark.parametrize("value", ["4096", 1, 0, -5, True, 4096.0, [4096]])
+def test_malformed_rope_switch_length_is_one_line_error(tmp_path, value):
+    folder = tmp_path / "a"
+    manifest = make_artifact(folder)
+    manifest[ROPE_SWITCH_KEY] = value
+    mf.write_manifest(folder, manifest)
+    with pytest.raises(ArtifactError, match=f"{ROPE_SWITCH_KEY} must be null or an integer") as info:
+        mf.read_rope_switch_length(folder)
+    assert str(folder / mf.MANIFEST_NAME) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_rope_switch_length_is_an_error_not_plain_rope(tmp_path):
+    folder = tmp_path / "a"
+    manifest = make_artifact(folder)
+    del manifest[ROPE_SWITCH_KEY]
+    mf.write_manifest(folder, manifest)
+    with pytest.raises(ArtifactError, match=f"no {ROPE_SWITCH_KEY} field"):
+        mf.read_rope_switch_length(folder)
+    (folder / mf.MANIFEST_NAME).write_text("{oops")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        mf.read_rope_switch_length(folder)
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,13 @@ from phi3_edge import manifest as mf
 from phi3_edge.errors import ArtifactError
 from phi3_edge.exporter import artifact
 from phi3_edge.exporter.artifact import staged_artifact, sweep_stale
+from phi3_edge.integrity import check_artifact
 
 
 def fill(folder: Path, payload: str = "new") -> None:
     (folder / "model.onnx").write_text(payload)
     manifest = mf.build_manifest(
-        source={}, spec_json={}, target={}, recipe={}, io_signature=[], artifact_dir=folder
+        source={}, spec_json={}, target={}, recipe={}, io_signature=[], artifact_dir=folder, rope_switch_length=None
     )
     mf.write_manifest(folder, manifest)
 
@@ -43,7 +44,7 @@ def test_fresh_export_is_renamed_into_place(tmp_path):
         assert not output.exists()  # nothing visible until the end
         fill(staging)
     assert (output / "model.onnx").read_text() == "new"
-    assert mf.verify_files(output) == []
+    assert [f.problem for f in check_artifact(output, remember=False).files if f.problem] == []
     assert siblings(output) == []
 
 
@@ -111,7 +112,7 @@ def test_our_artifact_needs_force_and_is_then_replaced(tmp_path):
     with staged_artifact(output, force=True) as staging:
         fill(staging, "new")
     assert (output / "model.onnx").read_text() == "new"
-    assert mf.verify_files(output) == []
+    assert [f.problem for f in check_artifact(output, remember=False).files if f.problem] == []
     assert siblings(output) == []  # no partial, no trash
 
 

@@ -192,7 +192,7 @@ def test_a_replace_killed_between_renames_is_undone_by_the_next_export(tmp_path,
     with staged_artifact(output, force=False) as staging:
         (staging / "model.onnx").write_text("old")
         write_manifest(staging, build_manifest(source={}, spec_json={}, target={}, recipe={}, io_signature=[],
-                                               artifact_dir=staging))
+                                               artifact_dir=staging, rope_switch_length=None))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     os.rename(output, tmp_path / f".out.trash-{dead.pid}-0123abcd")  # what the dying process left
