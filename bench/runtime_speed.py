@@ -210,7 +210,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     if args.threads is None:
-        from phi3_edge.edge_runtime.session import physical_cores
+        from phi3_edge.edge_runtime.threads import physical_cores
 
         args.threads = [physical_cores() or 1]
     if args.worker:

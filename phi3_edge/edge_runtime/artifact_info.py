@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from phi3_edge.edge_runtime.census import GraphInfo, read_graph_info
-from phi3_edge.edge_runtime.session import read_decoder_config
+from phi3_edge.edge_runtime.decoder_config import read_decoder_config
 from phi3_edge.errors import ArtifactError
 from phi3_edge.manifest import MANIFEST_NAME, read_manifest
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from phi3_edge.edge_runtime.census import read_graph_info
 from phi3_edge.edge_runtime.model import EdgeModel
-from phi3_edge.edge_runtime.session import physical_cores
+from phi3_edge.edge_runtime.threads import physical_cores
 from phi3_edge.errors import Phi3EdgeError
 
 WEIGHTS_FILE_SUFFIX = ".data"
@@ -65,7 +65,7 @@ def measure_bandwidth(megabytes: int = 512, repeats: int = 3, threads: int = 1) 
     target = np.zeros_like(source)
     np.copyto(target, source)  # commits target's pages: page faults are not bandwidth
     bounds = np.linspace(0, source.size, threads + 1).astype(int)
-    parts = [(target[a:b], source[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [(target[a:b], source[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     best = float("inf")
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for _ in range(repeats):
@@ -117,7 +117,8 @@ class PeakRss:
 def bench_prompt(model: EdgeModel, length: int, seed: int = 0) -> list[int]:
     """`length` random ids from the tokenizer's vocabulary: same prompt for every backend."""
     vocab = min(model.tokenizer.vocab_size, model.config.vocab_size)
-    return np.random.default_rng(seed).integers(0, vocab, size=length).tolist()
+    ids: list[int] = np.random.default_rng(seed).integers(0, vocab, size=length).tolist()
+    return ids
 
 
 def run_bench(folder: str | Path, prompt_len: int = 128, gen_len: int = 128, backend: str = "ort",

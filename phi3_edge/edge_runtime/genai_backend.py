@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from phi3_edge.edge_runtime.session import DecoderConfig
+from phi3_edge.edge_runtime.decoder_config import DecoderConfig
 from phi3_edge.errors import ArtifactError, Phi3EdgeError
 
 

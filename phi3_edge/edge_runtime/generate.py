@@ -8,13 +8,13 @@ every backend gets the same tokens for the same logits.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from phi3_edge.edge_runtime.decoder_config import DecoderConfig
 from phi3_edge.edge_runtime.kv_pass import ForwardPass
 from phi3_edge.edge_runtime.sampling import Sampler, SamplingOptions
-from phi3_edge.edge_runtime.session import DecoderConfig
 from phi3_edge.errors import Phi3EdgeError
 
 # Why a generation ended: an eos id, max_new_tokens, the model's context_length, or a user stop string.
@@ -41,7 +41,7 @@ class GenerationOptions:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int | None = None
-    stop: tuple[str, ...] = ()  # text is cut right before the first of these
+    stop: Sequence[str] = ()  # text is cut right before the first of these (a tuple once constructed)
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
     truncate: bool = False  # chat: drop the oldest non-system turns when the conversation outgrows the context
 

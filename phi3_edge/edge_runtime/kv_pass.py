@@ -6,15 +6,19 @@ share memory and writes only the new positions in place; the valid length comes 
 graph derives seqlens_k and positions from it). No per-token copy of the cache, and no per-token allocation
 of it either: this is onnxruntime-genai's past_present_share_buffer=true.
 
-ConcatPass (any graph): plain run(); each step's present tensors (past + new, freshly allocated by ORT) are
-fed back as the next past. Correct everywhere, but every step copies the whole cache.
+ConcatPass (any graph): a plain forward; each step's present tensors (past + new, freshly allocated by ORT)
+are fed back as the next past. Correct everywhere, but every step copies the whole cache.
 
-A pass is private to one generation (never shared between threads); the session it runs on is shared.
+A pass is private to one generation (never shared between threads); the session it runs on is shared. Passes
+get what they need as arguments (a forward function, the cache layout, the ORT session), so this module
+knows nothing of DecoderSession.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -22,8 +26,9 @@ import onnxruntime as ort
 from phi3_edge import io_spec
 from phi3_edge.errors import Phi3EdgeError
 
-if TYPE_CHECKING:
-    from phi3_edge.edge_runtime.session import DecoderSession, KVCache
+KVCache = dict[str, np.ndarray]
+# (new token ids, past) -> (logits at every new position (S, V), the next past)
+Forward = Callable[[list[int], KVCache], tuple[np.ndarray, KVCache]]
 
 
 class ForwardPass(Protocol):
@@ -37,35 +42,54 @@ class ForwardPass(Protocol):
         """Forget the cache: the next run() is a prefill again (LongRoPE's re-run at the switch)."""
 
 
+@dataclass(frozen=True)
+class CacheLayout:
+    """The KV cache as the graph declares it: names in feed order, shapes and element types."""
+
+    past_names: tuple[str, ...]  # layer by layer, key before value
+    present_names: tuple[str, ...]  # same order: present.{i} of one step is past_key_values.{i} of the next
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    kv_dtype: type[np.floating[Any]]
+    logits_dtype: type[np.floating[Any]]
+
+    def empty(self) -> KVCache:
+        """Zero-length past tensors [1, kv_heads, 0, head_dim]: the prefill step's past."""
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)  # (B, Hkv, past=0, D)
+        return dict.fromkeys(self.past_names, empty)
+
+
 class ConcatPass:
-    def __init__(self, session: DecoderSession) -> None:
-        self._session = session
-        self._past: KVCache = session.empty_cache()
+    def __init__(self, forward: Forward, layout: CacheLayout) -> None:
+        self._forward = forward
+        self._layout = layout
+        self._past: KVCache = layout.empty()
 
     def run(self, input_ids: list[int], total_length: int) -> np.ndarray:
-        logits, self._past = self._session.step(input_ids, total_length, self._past)
-        return logits
+        logits, self._past = self._forward(input_ids, self._past)
+        last: np.ndarray = logits[-1]  # (S, V) -> (V,)
+        return last
 
     def reset(self) -> None:
-        self._past = self._session.empty_cache()
+        self._past = self._layout.empty()
 
 
 class SharedBufferPass:
-    def __init__(self, session: DecoderSession, max_length: int) -> None:
-        config = session.config
-        self._session = session.ort_session
+    def __init__(self, session: ort.InferenceSession, layout: CacheLayout, max_length: int) -> None:
+        self._session = session
         self._max_length = max_length
-        self._binding = self._session.io_binding()
+        self._binding = session.io_binding()
         # np.zeros maps untouched pages lazily: a buffer sized for the whole context costs only what is written.
-        shape = (1, config.kv_heads, max_length, config.head_dim)  # (B, Hkv, max_len, D)
-        self._buffers = [np.zeros(shape, dtype=session.kv_dtype) for _ in session.past_names]
-        for past, present, buffer in zip(session.past_names, session.present_names, self._buffers):
+        shape = (1, layout.kv_heads, max_length, layout.head_dim)  # (B, Hkv, max_len, D)
+        self._buffers = [np.zeros(shape, dtype=layout.kv_dtype) for _ in layout.past_names]
+        for past, present, buffer in zip(layout.past_names, layout.present_names, self._buffers, strict=True):
             value = ort.OrtValue.ortvalue_from_numpy(buffer)  # wraps the numpy memory, no copy
             self._binding.bind_ortvalue_input(past, value)
             self._binding.bind_ortvalue_output(present, value)
         self._mask = np.ones((1, max_length), dtype=np.int64)  # sliced per step: [1, total] without allocating
-        self._vocab = config.vocab_size
-        self._logits_dtype = session.logits_dtype
+        self._vocab = layout.vocab_size
+        self._logits_dtype = layout.logits_dtype
         self._step_logits = np.empty((1, 1, self._vocab), dtype=self._logits_dtype)  # (B, S=1, V), reused
         self._step_value = ort.OrtValue.ortvalue_from_numpy(self._step_logits)
         self._keep: list[np.ndarray] = []  # arrays bound for the current run must outlive it
@@ -80,14 +104,15 @@ class SharedBufferPass:
         logits = self._logits_for(len(input_ids))
         self._keep = [ids, mask, logits]
         self._session.run_with_iobinding(self._binding)
-        return logits[0, -1]
+        last: np.ndarray = logits[0, -1]  # (B, S, V) -> (V,)
+        return last
 
     def _logits_for(self, new_tokens: int) -> np.ndarray:
         """A decode step reuses one [1, 1, V] buffer; a prefill gets its own [1, S, V] (the graph computes all S)."""
         if new_tokens == 1:
             self._binding.bind_ortvalue_output(io_spec.LOGITS, self._step_value)
             return self._step_logits
-        logits = np.empty((1, new_tokens, self._vocab), dtype=self._logits_dtype)
+        logits = np.empty((1, new_tokens, self._vocab), dtype=self._logits_dtype)  # (B, S, V)
         self._binding.bind_ortvalue_output(io_spec.LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
         return logits
 

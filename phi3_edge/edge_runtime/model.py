@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from phi3_edge.edge_runtime.chat import ChatTemplate, Message, fit_conversation
+from phi3_edge.edge_runtime.decoder_config import DecoderConfig, read_decoder_config
 from phi3_edge.edge_runtime.generate import STOP_STRING, Engine, GenerationOptions, GenerationResult, Generator
-from phi3_edge.edge_runtime.session import DecoderConfig, DecoderSession, read_decoder_config
+from phi3_edge.edge_runtime.session import DecoderSession
 from phi3_edge.edge_runtime.stopping import StopStrings
 from phi3_edge.edge_runtime.tokenizer import EdgeTokenizer
 from phi3_edge.errors import ArtifactError, Phi3EdgeError
@@ -26,7 +27,7 @@ from phi3_edge.integrity import verify_artifact
 
 DEFAULT_MAX_NEW_TOKENS = 128
 BACKENDS = ("ort", "genai")
-Prompt = Union[str, Sequence[Message]]
+Prompt = str | Sequence[Message]
 
 
 class EdgeModel:

@@ -13,12 +13,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from phi3_edge.artifact_contract import STOP_TOKENS, TOKENIZER_FILE
 from phi3_edge.errors import ArtifactError
 
-TOKENIZER_NAME = "tokenizer.json"
 REPLACEMENT = "\ufffd"  # what a decoder emits for an incomplete UTF-8 sequence
-# Tokens that end a turn or the text in the Phi-3 family, whatever genai_config.json lists.
-STOP_TOKENS = ("<|end|>", "<|endoftext|>")
 
 
 class EdgeTokenizer:
@@ -27,7 +25,7 @@ class EdgeTokenizer:
 
     @classmethod
     def load(cls, folder: Path) -> EdgeTokenizer:
-        path = Path(folder) / TOKENIZER_NAME
+        path = Path(folder) / TOKENIZER_FILE
         if not path.is_file():
             raise ArtifactError("not found (the runtime needs it to encode prompts)", path)
         try:
@@ -44,6 +42,10 @@ class EdgeTokenizer:
     def vocab_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
+    def vocab(self) -> dict[str, int]:
+        """Every token (added tokens included) and its id."""
+        return self._tokenizer.get_vocab(with_added_tokens=True)
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
@@ -51,7 +53,8 @@ class EdgeTokenizer:
         return self._tokenizer.token_to_id(token)
 
     def stop_token_ids(self) -> set[int]:
-        """Ids of <|end|> / <|endoftext|> where this vocabulary has them."""
+        """Ids of the Phi-3 stop tokens (<|end|>, <|endoftext|>) where this vocabulary has them, whatever
+        genai_config.json lists."""
         ids = (self.token_id(token) for token in STOP_TOKENS)
         return {i for i in ids if i is not None}
 

@@ -42,7 +42,8 @@ class FidelityReport:
 
 def kl_per_position(ref_logp: np.ndarray, logp: np.ndarray) -> np.ndarray:
     """KL(P_ref || P) for each row of two (S, V) log-probability arrays."""
-    return (np.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1)
+    kl: np.ndarray = (np.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1)  # (S, V) -> (S,)
+    return kl
 
 
 def windows(ids: Sequence[int], window: int) -> list[list[int]]:
@@ -82,7 +83,7 @@ def compare_artifacts(artifact: str | Path, reference: str | Path, *, text: str 
         ref_nll = negative_log_likelihood(ref, text_ids, window) if text_ids else None
     with candidate:
         kls, agree = [], []
-        for ids, ref_logp in zip(prompt_ids, ref_logps):
+        for ids, ref_logp in zip(prompt_ids, ref_logps, strict=True):
             logp = candidate.log_probs(ids)
             kls.append(kl_per_position(ref_logp, logp))
             agree.append(ref_logp.argmax(axis=-1) == logp.argmax(axis=-1))
@@ -114,6 +115,6 @@ def _check_same_vocab(candidate: ArtifactModel, ref: ArtifactModel) -> None:
     if sizes[0] != sizes[1]:
         raise Phi3EdgeError(f"vocabularies differ: {candidate.folder} has {sizes[0]} logits, "
                             f"the reference {ref.folder} has {sizes[1]}")
-    if candidate.tokenizer.get_vocab(with_added_tokens=True) != ref.tokenizer.get_vocab(with_added_tokens=True):
+    if candidate.tokenizer.vocab() != ref.tokenizer.vocab():
         raise Phi3EdgeError(f"vocabularies differ: {candidate.folder} and the reference {ref.folder} have "
                             "different tokenizer.json vocabularies")

@@ -33,7 +33,7 @@ def test_census_and_io_match_onnx_and_onnxruntime(tiny_artifact, variant: str, t
     for ours, theirs in [(info.inputs, session.get_inputs()), (info.outputs, session.get_outputs())]:
         assert [(t.name, list(t.shape)) for t in ours] == [(t.name, t.shape) for t in theirs]
         assert all(theirs_.type == f"tensor({'float' if t.dtype == 'float32' else t.dtype})"
-                   for t, theirs_ in zip(ours, theirs))
+                   for t, theirs_ in zip(ours, theirs, strict=True))
 
 
 def test_not_an_onnx_file_is_one_artifact_error(tmp_path: Path) -> None:
