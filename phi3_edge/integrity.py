@@ -9,11 +9,21 @@ Three checks, all stdlib-only (a device installs onnxruntime, numpy and tokenize
   3. external data: every `location` in model.onnx must be a relative name inside the folder that the manifest
      lists (no absolute paths, no `..`, no link out of the folder), and offset + length must fit that file.
 
+  4. content (phi3_edge.artifact_guard, also run on every load, --no-verify or not): every path the artifact
+     names resolves to a regular file inside the folder, and no genai_config.json option loads code or
+     writes files unless allowed.
+
 Hashing a multi-GB folder on every load would cost seconds, so `verify_artifact` hashes a folder fully the
-first time and then keeps a stamp of each file's (size, mtime_ns) in the per-user cache
-(${XDG_CACHE_HOME:-~/.cache}/phi3-edge/stamps/<sha256 of the folder's absolute path>.json), never inside the
-artifact, which may be read-only on a device. A stamp catches accidental damage after a good check
-(truncation, a partial copy, a re-export); it is not a defence against someone who forges mtimes.
+first time and then keeps a stamp of each file's (size, mtime_ns, inode, ctime_ns, sha256) in the per-user
+cache (${XDG_CACHE_HOME:-~/.cache}/phi3-edge/stamps/<sha256 of the folder's absolute path>.json), never inside
+the artifact, which may be read-only on a device. A stamp skips a file's hash only when all five agree with
+the file on disk and with manifest.json: mtime can be set back with `touch`, but ctime and the inode cannot
+(any write, rename or copy changes them), and a forged stamp entry must also carry the manifest's hash of that
+file, so it cannot stand in for a file it does not describe. The stamp trusts the filesystem's ctime and
+whoever can write the user's cache folder (that user can run code as himself anyway).
+
+Between the check and the load, check_before_load/LoadGuard stat every file again after the session is built:
+a file swapped or rewritten while onnxruntime read it (its ctime or inode moves) is refused.
 """
 
 from __future__ import annotations
@@ -23,15 +33,16 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
+from phi3_edge import artifact_guard
 from phi3_edge.errors import ArtifactError
 from phi3_edge.manifest import MANIFEST_NAME, folder_names, read_manifest, sha256_file
 from phi3_edge.onnx_wire import read_graph_io
 
 MODEL_FILE = "model.onnx"
-STAMP_VERSION = 1
+STAMP_VERSION = 2  # 2: (size, mtime_ns, inode, ctime_ns, sha256) per file
 DAMAGED = "artifact is damaged"
 
 
@@ -71,20 +82,20 @@ class Report:
         return ArtifactError(problem + suffix, self.folder / name)
 
 
-def verify_artifact(folder: Path, *, use_stamp: bool = True) -> None:
+def verify_artifact(folder: Path, *, use_stamp: bool = True, allow_unsafe_config: bool = False) -> None:
     """Raise a one-line ArtifactError unless `folder` is an intact artifact; fast when a stamp says unchanged."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactError("artifact folder not found", folder)
-    read_manifest(folder)  # a folder that is not ours fails here, with its own message
-    if use_stamp and _stamp_matches(folder):
+    manifest = read_manifest(folder)  # a folder that is not ours fails here, with its own message
+    if use_stamp and _stamp_matches(folder, manifest):
         return
-    report = check_artifact(folder)
+    report = check_artifact(folder, allow_unsafe_config=allow_unsafe_config)
     if not report.ok:
         raise report.error()
 
 
-def check_artifact(folder: Path, *, remember: bool = True) -> Report:
+def check_artifact(folder: Path, *, remember: bool = True, allow_unsafe_config: bool = False) -> Report:
     """Every check, no stamp; on success (and `remember`) the stamp is refreshed for later loads."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -93,10 +104,40 @@ def check_artifact(folder: Path, *, remember: bool = True) -> Report:
     manifest = read_manifest(folder)
     files = tuple(_check_files(folder, manifest["files"]))
     io_count, locations, graph_problems = _check_graph(folder, manifest)
-    report = Report(folder, files, io_count, tuple(locations), tuple(graph_problems))
+    content = [p for p in artifact_guard.check_content(folder, allow_unsafe_config=allow_unsafe_config)
+               if p not in graph_problems]
+    report = Report(folder, files, io_count, tuple(locations), tuple(graph_problems + content))
     if report.ok and remember:
-        _write_stamp(folder, before)
+        _write_stamp(folder, before, files)
     return report
+
+
+class LoadGuard:
+    """What check_before_load saw; confirm() after the session is built refuses a folder that changed since."""
+
+    def __init__(self, folder: Path, before: dict[str, list[int]]) -> None:
+        self.folder, self._before = folder, before
+
+    def confirm(self) -> None:
+        if _fingerprint(self.folder) != self._before:
+            raise ArtifactError("changed while it was being loaded (a file was rewritten or replaced); "
+                                "refusing what was read", self.folder)
+
+
+def check_before_load(folder: Path, *, verify: bool = True, allow_unsafe_config: bool = False) -> LoadGuard:
+    """The loaders' one entry point (load(), run, chat, bench, eval, inspect): hashes (unless verify=False),
+    then the content checks, which --no-verify does not skip. Call .confirm() once everything is loaded."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError("artifact folder not found", folder)
+    before = _fingerprint(folder)
+    if verify:
+        verify_artifact(folder, allow_unsafe_config=allow_unsafe_config)
+    problems = artifact_guard.check_content(folder, allow_unsafe_config=allow_unsafe_config)
+    if problems:
+        name, problem = problems[0]
+        raise ArtifactError(problem, folder / name)
+    return LoadGuard(folder, before)
 
 
 # -- files -------------------------------------------------------------------------------------------------
@@ -126,7 +167,7 @@ def _check_entry(folder: Path, name: str, entry: Any) -> FileStatus:
     if size is None:
         return status(f"{DAMAGED}: listed in {MANIFEST_NAME} but missing")
     if size != recorded:
-        hint = "truncated download or partial copy?" if size < recorded else "modified after export?"
+        hint = "truncated download or partial copy?" if recorded is not None and size < recorded else "modified after export?"
         return status(f"{DAMAGED}: size {size} != {recorded} recorded in {MANIFEST_NAME} ({hint})")
     if sha256_file(path) != digest:
         return status(f"{DAMAGED}: sha256 differs from {MANIFEST_NAME} (corrupted or modified; export or copy again)")
@@ -143,14 +184,7 @@ def _inside(folder: Path, name: str) -> bool:
         return False
 
 
-def _plain_name(name: str) -> bool:
-    """Relative, without `..`, on POSIX and Windows alike (an artifact may be built on one, run on the other)."""
-    return bool(name) and "\0" not in name and not _is_absolute(name) and ".." not in name.replace("\\", "/").split("/")
-
-
-def _is_absolute(name: str) -> bool:
-    return PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or name.startswith(("\\", "/")) \
-        or bool(PureWindowsPath(name).drive)
+_plain_name = artifact_guard.plain_name
 
 
 def _size(path: Path) -> int | None:
@@ -205,13 +239,9 @@ def _check_external(folder: Path, listed: dict[str, Any], external: list[tuple[s
     problems = []
     for location, end in ends.items():
         name = location.replace("\\", "/")
-        if not _plain_name(name):
-            problems.append(f"external data location {location[:80]!r} points outside the artifact folder; "
-                            "refusing to load it")
-        elif not _inside(folder, name):
-            problems.append(f"external data file {name!r} is a link pointing outside the artifact folder; "
-                            "refusing to load it")
-        elif name not in listed:
+        if artifact_guard.file_problem(folder, location, "external data file"):
+            continue  # artifact_guard.check_content reports it (outside, a link out, not a regular file)
+        if name not in listed:
             problems.append(f"{DAMAGED}: external data file {name!r} is not listed in {MANIFEST_NAME}")
         elif end > (_size(folder / name) or 0):
             problems.append(f"{DAMAGED}: tensors need {end} bytes of {name}, which has {_size(folder / name) or 0}")
@@ -231,33 +261,46 @@ def stamp_path(folder: Path) -> Path | None:
 
 
 def _fingerprint(folder: Path) -> dict[str, list[int]]:
-    """{name: [size, mtime_ns]} of every file in the folder, manifest.json included."""
+    """{name: [size, mtime_ns, inode, ctime_ns]} of every file in the folder, manifest.json included."""
     prints = {}
     for name in [*folder_names(folder), MANIFEST_NAME]:
         try:
             stat = (folder / name).stat()
         except OSError:
             continue
-        prints[name] = [stat.st_size, stat.st_mtime_ns]
+        prints[name] = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
     return prints
 
 
-def _stamp_matches(folder: Path) -> bool:
+def _stamp_matches(folder: Path, manifest: dict[str, Any]) -> bool:
+    """The stamp vouches for every file: same stat now, and the sha256 it checked is the manifest's."""
     path = stamp_path(folder)
     try:
         stamp = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
     except (OSError, ValueError, RecursionError):
         return False  # no stamp yet, or a damaged one: hash again
-    return isinstance(stamp, dict) and stamp.get("version") == STAMP_VERSION \
-        and stamp.get("folder") == str(folder.resolve()) and stamp.get("files") == _fingerprint(folder)
+    if not isinstance(stamp, dict) or stamp.get("version") != STAMP_VERSION \
+            or stamp.get("folder") != str(folder.resolve()) or not isinstance(stamp.get("files"), dict):
+        return False
+    stamped, now = stamp["files"], _fingerprint(folder)
+    if set(stamped) != set(now) or set(manifest["files"]) | {MANIFEST_NAME} != set(now):
+        return False
+    for name, prints in now.items():
+        entry = manifest["files"].get(name)
+        recorded = entry.get("sha256") if isinstance(entry, dict) else None  # manifest.json: its stat alone
+        if stamped[name] != [*prints, recorded]:
+            return False
+    return True
 
 
-def _write_stamp(folder: Path, fingerprint: dict[str, list[int]]) -> None:
+def _write_stamp(folder: Path, fingerprint: dict[str, list[int]], files: tuple[FileStatus, ...]) -> None:
     """Best effort: a device with a read-only home simply hashes on every load."""
     path = stamp_path(folder)
     if path is None:
         return
-    stamp = {"version": STAMP_VERSION, "folder": str(folder.resolve()), "files": fingerprint}
+    hashes: dict[str, str | None] = {status.name: status.sha256 for status in files}
+    prints = {name: [*values, hashes.get(name)] for name, values in fingerprint.items()}
+    stamp = {"version": STAMP_VERSION, "folder": str(folder.resolve()), "files": prints}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
