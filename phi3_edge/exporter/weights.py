@@ -1,10 +1,16 @@
-"""A streaming safetensors reader: validated headers, memory-mapped tensors read in slices.
+"""The checkpoint's tensors by Hugging Face name, from safetensors or GGUF files, read in slices.
 
 Why not the `safetensors` package: it has no numpy bfloat16 and it reads whole tensors. Here a tensor is a
 read-only mmap view; callers copy out row or column slices, convert them to float32, and then drop the
 pages they touched (madvise DONTNEED), so resident memory is bounded by one slice, not by the tensor.
 
 Strict accounting: every tensor the graph asks for is checked for shape; `unused()` lists the rest.
+
+    WeightStore ── the graph's view: Phi-3 names, packed qkv_proj / gate_up_proj (gguf/ and packing below)
+       ├─ SafetensorsFiles   *.safetensors (this module)
+       └─ GgufTensors        *.gguf (exporter/gguf/store.py): GGUF names mapped, Q/K permutation undone
+    A Llama-layout checkpoint (q/k/v_proj, gate/up_proj) is presented packed by row ranges: a read of rows
+    [a, b) of the virtual qkv_proj reads only the parts' rows inside it, never a concatenated copy.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ import json
 import math
 import mmap
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from phi3_edge.errors import CheckpointError
-from phi3_edge.exporter.artifact import pause_for_tests
+from phi3_edge.exporter.artifact import StageCallback
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit; guards against a huge allocation on junk
 _DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}  # BF16 stays raw bits
@@ -37,9 +45,12 @@ class TensorInfo:
     dtype: str  # safetensors dtype string: F32 | F16 | BF16
     shape: tuple[int, ...]
     offset: int  # absolute byte offset in the file
+    stored_bytes: int | None = None  # bytes on disk where the dtype alone does not say (GGUF blocks, packed views)
 
     @property
     def nbytes(self) -> int:
+        if self.stored_bytes is not None:
+            return self.stored_bytes
         return math.prod(self.shape) * _DTYPES[self.dtype].itemsize  # exact: no int64 wrap-around
 
 
@@ -107,64 +118,44 @@ def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
     return raw.astype(np.float32)
 
 
-class WeightStore:
-    """All tensors of a checkpoint by name, opened lazily; use as a context manager."""
+class TensorBackend(Protocol):
+    """One kind of weight file: its tensors by (Hugging Face) name, and float32 slices of them."""
 
-    def __init__(self, files: tuple[Path, ...]) -> None:
-        self._infos: dict[str, TensorInfo] = {}
+    infos: dict[str, TensorInfo]
+
+    def read_rows(self, info: TensorInfo, start: int, stop: int) -> np.ndarray: ...
+
+    def read_columns(self, info: TensorInfo, start: int, stop: int, rows: tuple[int, int]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class SafetensorsFiles:
+    """safetensors shards: memory-mapped, slices copied out and their pages dropped again."""
+
+    def __init__(self, files: Iterable[Path]) -> None:
+        self.infos: dict[str, TensorInfo] = {}
         for path in files:
             for info in read_header(path):
-                if info.name in self._infos:
+                if info.name in self.infos:
                     raise CheckpointError(f"tensor {info.name!r} appears in two files", path)
-                self._infos[info.name] = info
+                self.infos[info.name] = info
         self._maps: dict[Path, mmap.mmap] = {}
-        self._used: set[str] = set()
-        pause_for_tests("headers")  # test-only hook: every header read, nothing converted yet
 
-    def __enter__(self) -> "WeightStore":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         for mapped in self._maps.values():
             mapped.close()
         self._maps.clear()
 
-    def names(self) -> list[str]:
-        return list(self._infos)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._infos
-
-    def info(self, name: str, shape: tuple[int, ...]) -> TensorInfo:
-        """The tensor's info after checking it exists with the shape the graph needs."""
-        info = self._infos.get(name)
-        if info is None:
-            files = sorted({str(i.path.parent) for i in self._infos.values()}) or ["checkpoint"]
-            raise CheckpointError(f"missing tensor {name!r}", files[0])
-        if info.shape != tuple(shape):
-            raise CheckpointError(f"tensor {name!r} has shape {list(info.shape)}, expected {list(shape)}", info.path)
-        self._used.add(name)
-        return info
-
-    def unused(self) -> list[str]:
-        return sorted(set(self._infos) - self._used)
-
     def read_rows(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) along the first axis, as float32."""
         row = int(np.prod(info.shape[1:], dtype=np.int64))
         raw = self._view(info)[start * row : stop * row].reshape((stop - start, *info.shape[1:]))
         out = to_float32(raw, info.dtype) if info.dtype != "F32" else raw.copy()
         self._release(info, start * row, stop * row)
         return out
 
-    def rows_of(self, name: str) -> int:
-        """First dimension of a tensor (0 if absent: the shape check that follows reports it as missing)."""
-        info = self._infos.get(name)
-        return info.shape[0] if info is not None and info.shape else 0
-
-    def read_columns(self, info: TensorInfo, start: int, stop: int, rows: tuple[int, int] | None = None) -> np.ndarray:
-        """Columns [start, stop) of a 2-D tensor (optionally of a row range), as float32 (rows, stop - start)."""
-        first, last = rows or (0, info.shape[0])
+    def read_columns(self, info: TensorInfo, start: int, stop: int, rows: tuple[int, int]) -> np.ndarray:
+        first, last = rows
         raw = self._view(info).reshape(info.shape)[first:last, start:stop]
         out = to_float32(raw, info.dtype) if info.dtype != "F32" else raw.copy()
         self._release(info, first * info.shape[1], last * info.shape[1])
@@ -186,3 +177,137 @@ class WeightStore:
         end = info.offset + last * itemsize
         if end > begin:
             self._maps[info.path].madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
+
+@dataclass(frozen=True)
+class _Part:
+    name: str  # the real tensor (q_proj) inside a packed view (qkv_proj)
+    first_row: int  # where its rows start in the packed view
+
+
+# Packed Phi-3 name -> the Llama-layout tensors it is made of, in row order.
+PACKINGS = {
+    "self_attn.qkv_proj.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "mlp.gate_up_proj.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+}
+
+
+class WeightStore:
+    """All tensors of a checkpoint by Phi-3 name, opened lazily; use as a context manager."""
+
+    def __init__(self, files: tuple[Path, ...], on_stage: StageCallback | None = None) -> None:
+        from phi3_edge.exporter.checkpoint import is_gguf
+
+        gguf_files = [path for path in files if is_gguf(path)]
+        self._backends: list[TensorBackend] = []
+        if gguf_files:
+            from phi3_edge.exporter.gguf.store import GgufTensors
+
+            self._backends.extend(GgufTensors(path) for path in gguf_files)
+        safetensors = [path for path in files if path not in gguf_files]
+        if safetensors:
+            self._backends.append(SafetensorsFiles(safetensors))
+        self._infos: dict[str, TensorInfo] = {}
+        self._owner: dict[str, TensorBackend] = {}
+        for backend in self._backends:
+            for name, info in backend.infos.items():
+                if name in self._infos:
+                    raise CheckpointError(f"tensor {name!r} appears in two files", info.path)
+                self._infos[name], self._owner[name] = info, backend
+        self._packed = _packed_views(self._infos)
+        self._used: set[str] = set()
+        if on_stage is not None:
+            on_stage("headers")  # every header read, nothing converted yet
+
+    def __enter__(self) -> "WeightStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for backend in self._backends:
+            backend.close()
+
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._infos or name in self._packed
+
+    def backend_of(self, name: str) -> TensorBackend | None:
+        """The backend holding a real tensor (None for packed views and unknown names)."""
+        return self._owner.get(name)
+
+    def parts_of(self, name: str) -> list[tuple[str, int]]:
+        """(real tensor, first row) pairs behind a name: itself at row 0, or the parts of a packed view."""
+        if name in self._packed:
+            return [(part.name, part.first_row) for part in self._packed[name]]
+        return [(name, 0)]
+
+    def info(self, name: str, shape: tuple[int, ...]) -> TensorInfo:
+        """The tensor's info after checking it exists with the shape the graph needs."""
+        info = self._infos.get(name) or self._packed_info(name)
+        if info is None:
+            files = sorted({str(i.path.parent) for i in self._infos.values()}) or ["checkpoint"]
+            raise CheckpointError(f"missing tensor {name!r}", files[0])
+        if info.shape != tuple(shape):
+            raise CheckpointError(f"tensor {name!r} has shape {list(info.shape)}, expected {list(shape)}", info.path)
+        self._used.update(part for part, _ in self.parts_of(name))
+        return info
+
+    def unused(self) -> list[str]:
+        return sorted(set(self._infos) - self._used)
+
+    def rows_of(self, name: str) -> int:
+        """First dimension of a tensor (0 if absent: the shape check that follows reports it as missing)."""
+        info = self._infos.get(name) or self._packed_info(name)
+        return info.shape[0] if info is not None and info.shape else 0
+
+    def read_rows(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) along the first axis, as float32."""
+        pieces = [self._owner[name].read_rows(self._infos[name], a, b) for name, a, b in self._pieces(info, start, stop)]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
+
+    def read_columns(self, info: TensorInfo, start: int, stop: int, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Columns [start, stop) of a 2-D tensor (optionally of a row range), as float32 (rows, stop - start)."""
+        first, last = rows or (0, info.shape[0])
+        pieces = [self._owner[name].read_columns(self._infos[name], start, stop, (a, b))
+                  for name, a, b in self._pieces(info, first, last)]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
+
+    def _pieces(self, info: TensorInfo, start: int, stop: int) -> list[tuple[str, int, int]]:
+        """(real tensor, its first row, its last row) covering rows [start, stop) of `info`."""
+        if info.name not in self._packed:
+            return [(info.name, start, stop)]
+        pieces = []
+        for part in self._packed[info.name]:
+            rows = self._infos[part.name].shape[0]
+            a, b = max(start, part.first_row), min(stop, part.first_row + rows)
+            if a < b:
+                pieces.append((part.name, a - part.first_row, b - part.first_row))
+        return pieces
+
+    def _packed_info(self, name: str) -> TensorInfo | None:
+        parts = self._packed.get(name)
+        if parts is None:
+            return None
+        infos = [self._infos[part.name] for part in parts]
+        dtypes = sorted({i.dtype for i in infos})
+        return TensorInfo(name, infos[0].path, "+".join(dtypes), (sum(i.shape[0] for i in infos), *infos[0].shape[1:]),
+                          infos[0].offset, stored_bytes=sum(i.nbytes for i in infos))
+
+
+def _packed_views(infos: dict[str, TensorInfo]) -> dict[str, tuple[_Part, ...]]:
+    """Packed Phi-3 names for every layer whose Llama-layout parts are all present (and the packed one not)."""
+    views: dict[str, tuple[_Part, ...]] = {}
+    for name in infos:
+        for packed, parts in PACKINGS.items():
+            if not name.endswith("." + parts[0]):
+                continue
+            prefix = name[: -len(parts[0])]
+            names = [prefix + part for part in parts]
+            if prefix + packed in infos or not all(n in infos for n in names):
+                continue
+            if len({infos[n].shape[1:] for n in names}) != 1:
+                raise CheckpointError(f"{', '.join(names)} do not share an input width", infos[name].path)
+            offsets = np.cumsum([0] + [infos[n].shape[0] for n in names[:-1]]).tolist()
+            views[prefix + packed] = tuple(_Part(n, int(o)) for n, o in zip(names, offsets))
+    return views
