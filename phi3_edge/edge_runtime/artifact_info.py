@@ -14,6 +14,7 @@ from typing import Any
 from phi3_edge.edge_runtime.census import GraphInfo, read_graph_info
 from phi3_edge.edge_runtime.decoder_config import read_decoder_config
 from phi3_edge.errors import ArtifactError
+from phi3_edge.integrity import check_before_load
 from phi3_edge.manifest import MANIFEST_NAME, read_manifest
 
 
@@ -49,6 +50,8 @@ def inspect_artifact(folder: str | Path) -> ArtifactInfo:
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactError("artifact folder not found", folder)
+    # Paths the artifact names must stay inside it (inspect runs nothing, so unsafe options are only listed).
+    check_before_load(folder, verify=False, allow_unsafe_config=True)
     config = read_decoder_config(folder)
     model_path = folder / config.model_file
     if not model_path.is_file():

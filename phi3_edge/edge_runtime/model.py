@@ -23,7 +23,7 @@ from phi3_edge.edge_runtime.session import DecoderSession
 from phi3_edge.edge_runtime.stopping import StopStrings
 from phi3_edge.edge_runtime.tokenizer import EdgeTokenizer
 from phi3_edge.errors import ArtifactError, Phi3EdgeError
-from phi3_edge.integrity import verify_artifact
+from phi3_edge.integrity import check_before_load
 
 DEFAULT_MAX_NEW_TOKENS = 128
 BACKENDS = ("ort", "genai")
@@ -40,7 +40,7 @@ class EdgeModel:
 
     @classmethod
     def load(cls, folder: str | Path, *, intra_op_threads: int | None = None, backend: str = "ort",
-             kv_cache: str = "auto", verify: bool = True) -> EdgeModel:
+             kv_cache: str = "auto", verify: bool = True, allow_unsafe_config: bool = False) -> EdgeModel:
         """Open an artifact folder.
 
         backend "ort" runs our onnxruntime loop (intra_op_threads defaults to the physical cores we may run
@@ -51,8 +51,8 @@ class EdgeModel:
         folder = Path(folder)
         if not folder.is_dir():
             raise ArtifactError("artifact folder not found", folder)
-        if verify:
-            verify_artifact(folder)
+        # Hashes (unless verify=False), then the content checks --no-verify never skips (integrity.py).
+        guard = check_before_load(folder, verify=verify, allow_unsafe_config=allow_unsafe_config)
         if backend not in BACKENDS:
             raise Phi3EdgeError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         config = read_decoder_config(folder)
@@ -60,8 +60,11 @@ class EdgeModel:
         if backend == "genai":
             from phi3_edge.edge_runtime.genai_backend import GenaiDecoder
 
-            return cls(folder, GenaiDecoder(folder, config, intra_op_threads=intra_op_threads), tokenizer)
+            genai = GenaiDecoder(folder, config, intra_op_threads=intra_op_threads)
+            guard.confirm()  # nothing it read changed after the check
+            return cls(folder, genai, tokenizer)
         engine = DecoderSession(folder, config, intra_op_threads=intra_op_threads, kv_cache=kv_cache)
+        guard.confirm()
         return cls(folder, engine, tokenizer)
 
     @property

@@ -17,6 +17,7 @@ from phi3_edge.edge_runtime.decoder_config import DecoderConfig, read_decoder_co
 from phi3_edge.edge_runtime.session import DecoderSession
 from phi3_edge.edge_runtime.tokenizer import EdgeTokenizer
 from phi3_edge.errors import ArtifactError
+from phi3_edge.integrity import check_before_load
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -38,6 +39,8 @@ class ArtifactModel:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ArtifactError("is not a folder", self.folder)
+        # Hashes and content checks, as `run` does: eval must not measure a graph from outside the folder.
+        self._guard = check_before_load(self.folder)
         self.config: DecoderConfig = read_decoder_config(self.folder)
         self.tokenizer = EdgeTokenizer.load(self.folder)
         self._threads = intra_op_threads
@@ -50,6 +53,7 @@ class ArtifactModel:
     def __enter__(self) -> ArtifactModel:
         # "concat": one forward per sequence, no generation, so no shared KV buffer (and no op census) is needed.
         self._session = DecoderSession(self.folder, self.config, intra_op_threads=self._threads, kv_cache="concat")
+        self._guard.confirm()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
