@@ -1,4 +1,7 @@
-"""What Python users import: `export()` builds an artifact folder, `load()` opens one for generation.
+"""What Python users (and the CLI) call: export, load, evaluate, bench, inspect, verify, targets.
+
+Each command is one frozen request: `run_export(ExportRequest(...))`, `bench(BenchRequest(...))`; `export()`
+is the keyword form of an ExportRequest (an unknown keyword is a one-line Phi3EdgeError listing the valid ones).
 
 Heavy modules are imported inside the functions: `load()` on a device must not pull in the exporter
 (onnx, huggingface_hub, rich), and `export()` must not pull in the runtime.
@@ -7,168 +10,100 @@ Heavy modules are imported inside the functions: `load()` on a device must not p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from phi3_edge.errors import Phi3EdgeError
+from phi3_edge.exporter.request import ExportRequest, ExportResult
+from phi3_edge.quantize.recipe import QuantOptions
+from phi3_edge.targets.table import REFERENCE_TARGET, TARGETS, Target
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from phi3_edge.edge_runtime import EdgeModel
+    from phi3_edge.edge_runtime.artifact_info import ArtifactInfo
+    from phi3_edge.edge_runtime.bench import BenchReport
     from phi3_edge.evaluate import FidelityReport
+    from phi3_edge.integrity import Report
 
 
-@dataclass(frozen=True)
-class ExportResult:
-    output: Path
-    target: str
-    size_bytes: int
-    nodes: int
-    seconds: float
-    fused_rotary: bool
-    fidelity: dict[str, Any] | None = None  # manifest.json's "fidelity": KL / top-1 vs cpu-fp32, or None
-    ort_format: str | None = None  # mobile targets: model.ort written, or skipped and why
+class ExportOptions(TypedDict, total=False):
+    """export()'s keywords: ExportRequest's fields, with QuantOptions' fields flattened."""
 
-    def summary_rows(self) -> list[tuple[str, str]]:
-        rows = [
-            ("artifact", str(self.output)),
-            ("target", self.target),
-            ("size", f"{self.size_bytes / 2**20:.1f} MiB"),
-            ("graph nodes", str(self.nodes)),
-            ("rotary", "fused into GroupQueryAttention" if self.fused_rotary else "separate RotaryEmbedding"),
-            ("time", f"{self.seconds:.1f} s"),
-        ] + ([("ORT format", self.ort_format)] if self.ort_format else [])
-        if self.fidelity is not None:
-            rows.append(("fidelity vs cpu-fp32",
-                         f"KL {self.fidelity['kl']:.3g}, top-1 agreement {self.fidelity['top1']:.1%}"))
-        return rows
+    force: bool
+    require_tokenizer: bool
+    progress: bool | None
+    quant_algo: str
+    mixed_precision: bool
+    lm_head: str | None
+    embeddings: str | None
+    max_kl: float | None
+    fidelity: bool
 
 
-def export(model: str, target: str = "cpu-fp32", output: str | Path | None = None, *, force: bool = False,
-           require_tokenizer: bool = True, progress: bool | None = None, quant_algo: str = "rtn",
-           mixed_precision: bool = False,
-           lm_head: str | None = None, embeddings: str | None = None, max_kl: float | None = None,
-           fidelity: bool = True) -> ExportResult:
+_QUANT_KEYWORDS = {"quant_algo": "algo", "mixed_precision": "mixed_precision", "lm_head": "lm_head",
+                   "embeddings": "embeddings"}
+
+
+def export_request(model: str, target: str = REFERENCE_TARGET, output: str | Path | None = None,
+                   **options: Unpack[ExportOptions]) -> ExportRequest:
+    """The ExportRequest export() runs; an unknown keyword is a one-line Phi3EdgeError, not a TypeError."""
+    own = {f.name for f in fields(ExportRequest)} - {"model", "target", "output", "quant"}
+    unknown = sorted(set(options) - own - set(_QUANT_KEYWORDS))
+    if unknown:
+        valid = ", ".join(sorted(own | set(_QUANT_KEYWORDS)))
+        raise Phi3EdgeError(f"unknown export option {unknown[0]!r}; valid: {valid}")
+    given: dict[str, Any] = dict(options)
+    quant = QuantOptions(**{_QUANT_KEYWORDS[k]: given.pop(k) for k in list(given) if k in _QUANT_KEYWORDS})
+    return ExportRequest(model, target, None if output is None else Path(output), quant=quant, **given)
+
+
+def export(model: str, target: str = REFERENCE_TARGET, output: str | Path | None = None,
+           **options: Unpack[ExportOptions]) -> ExportResult:
     """Export a Phi-3 checkpoint (local folder, hub id, short name or "demo") to an artifact folder.
 
-    A quantized export is then measured against a cpu-fp32 export of the same checkpoint (mean next-token KL
-    and top-1 agreement on built-in prompts, recorded as manifest.json's "fidelity"); `fidelity=False` skips
-    that (recorded as null). With `max_kl`, a KL above it fails the export and leaves nothing at `output`.
+    A quantized export is then measured against a reference export of the same checkpoint (mean next-token
+    KL and top-1 agreement on built-in prompts, recorded as manifest.json's "fidelity"); `fidelity=False`
+    skips that (recorded as null). With `max_kl`, a KL above it fails the export and leaves nothing at `output`.
     """
-    import time
+    return run_export(export_request(model, target, output, **options))
 
-    from phi3_edge.exporter.artifact import staged_artifact
-    from phi3_edge.exporter.build import export_graph
-    from phi3_edge.exporter.checkpoint import resolve_checkpoint
-    from phi3_edge.exporter.config import load_spec
-    from phi3_edge.exporter.heads import HeadOptions
-    from phi3_edge.exporter.progress import export_progress
-    from phi3_edge.targets.table import get_target
 
-    from phi3_edge.quantize import QUANT_ALGOS
+def get_target(name: str) -> Target:
+    """The target table's row; Phi3EdgeError listing the valid names."""
+    from phi3_edge.targets.table import get_target as lookup
 
-    started = time.perf_counter()
     try:
-        chosen = get_target(target)
+        return lookup(name)
     except KeyError as exc:
         raise Phi3EdgeError(str(exc.args[0])) from None
-    if quant_algo not in QUANT_ALGOS:
-        raise Phi3EdgeError(f"unknown quantization algorithm {quant_algo!r}; valid: {', '.join(QUANT_ALGOS)}")
-    if output is None:
-        raise Phi3EdgeError("an output folder is required (--output)")
-    output = Path(output)
-    checkpoint = resolve_checkpoint(model, require_tokenizer=require_tokenizer)
-    spec = load_spec(checkpoint.config_path)
-    quantized = chosen.bits is not None or lm_head in ("int8", "int4") or embeddings == "quantized"
-    gate = _accuracy_gate(checkpoint, quantized, output, measure=fidelity, max_kl=max_kl, progress=progress)
-    total_bytes = sum(path.stat().st_size for path in checkpoint.weight_files)
-    with staged_artifact(output, force=force) as folder:
-        with export_progress(total_bytes, spec.num_layers, progress) as hooks:
-            stats = export_graph(spec, chosen, checkpoint.weight_files, folder, quant_algo=quant_algo,
-                                 mixed_precision=mixed_precision,
-                                 head_options=HeadOptions(lm_head=lm_head, embeddings=embeddings),
-                                 on_tensor=hooks.on_tensor, on_layer=hooks.on_layer)
-        # Inside staged_artifact: a failed accuracy gate deletes the staging folder, nothing reaches `output`.
-        recipe_name = quant_algo + ("+int8-mixed" if mixed_precision and chosen.bits == 4 else "")
-        measured = _write_companions(folder, checkpoint, spec, chosen, stats, recipe_name, gate)
-    size = sum(path.stat().st_size for path in output.iterdir() if path.is_file())
-    return ExportResult(output, chosen.name, size, stats.nodes, time.perf_counter() - started, stats.fused_rotary,
-                        measured, stats.ort_format)
 
 
-def _accuracy_gate(checkpoint: Any, quantized: bool, output: Path, *, measure: bool, max_kl: float | None,
-                   progress: bool | None) -> Callable[[Path], dict[str, Any]] | None:
-    """The fidelity step of a quantized export, checked before any weight is read (None: not measured)."""
-    import math
-    import sys
+def run_export(request: ExportRequest, *, on_stage: Callable[[str], None] | None = None) -> ExportResult:
+    """Run one ExportRequest (see export()); on_stage hears each stage the export passes (exporter/artifact.py's
+    STAGES), for tests that interrupt an export at a known point."""
+    from phi3_edge.exporter.pipeline import export_artifact
 
-    if max_kl is not None and (math.isnan(max_kl) or max_kl < 0):
-        raise Phi3EdgeError(f"--max-kl must be a non-negative number, got {max_kl}")
-    if max_kl is not None and not measure:
-        raise Phi3EdgeError("--max-kl needs the fidelity measurement; drop --no-fidelity")
-    if not quantized or not measure:
-        return None  # float weights: nothing quantized to gate (a --max-kl passes trivially)
-    if not any(path.name == "tokenizer.json" for path in checkpoint.tokenizer_files):
-        if max_kl is not None:
-            raise Phi3EdgeError("--max-kl: the accuracy gate tokenizes its prompts with the checkpoint's "
-                                "tokenizer.json, which it lacks (or pass --no-fidelity)", checkpoint.root)
-        return None
-    from phi3_edge.evaluate.gate import enforce_max_kl, measure_against_reference
+    def export_reference(model: str, folder: Path) -> None:
+        """The accuracy gate's reference: the same checkpoint on the reference target, silently."""
+        run_export(replace(request, model=model, target=REFERENCE_TARGET, output=folder, force=False,
+                           progress=False, quant=QuantOptions(), max_kl=None))
 
-    def export_reference(folder: Path) -> None:
-        export(str(checkpoint.root), "cpu-fp32", folder, progress=False)
-
-    def gate(candidate: Path) -> dict[str, Any]:
-        if progress is not False:
-            print("measuring fidelity against a cpu-fp32 export of the same checkpoint", file=sys.stderr, flush=True)
-        # The reference goes inside the staging folder: on the output's filesystem, and swept with the staging
-        # folder by the next export if this process is killed mid-gate (nothing stale is left beside --output).
-        record = measure_against_reference(candidate, export_reference, scratch_parent=candidate)
-        enforce_max_kl(record, max_kl)
-        return {**record, "max_kl": max_kl}
-
-    return gate
+    return export_artifact(request, get_target(request.target), export_reference, on_stage)
 
 
-def _write_companions(folder: Path, checkpoint: Any, spec: Any, target: Any, stats: Any, quant_algo: str,
-                      gate: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any] | None:
-    """Tokenizer files, genai_config.json, the accuracy gate (it runs the folder as it stands then) and, last,
-    manifest.json (it hashes everything else). Returns the fidelity record (None: not measured)."""
-    from dataclasses import asdict
-
-    from phi3_edge import io_spec
-    from phi3_edge.exporter.genai_config import copy_tokenizer_files, write_genai_config
-    from phi3_edge.manifest import build_manifest, source_record, write_manifest
-
-    copy_tokenizer_files(checkpoint.tokenizer_files, folder)
-    write_genai_config(folder, spec, target)
-    fidelity = gate(folder) if gate is not None else None
-    signature = [asdict(s) for s in io_spec.decoder_inputs(spec.num_layers, spec.num_kv_heads, spec.head_dim,
-                                                             target.io_dtype)]
-    signature += [asdict(s) for s in io_spec.decoder_outputs(spec.num_layers, spec.num_kv_heads, spec.head_dim,
-                                                               spec.vocab_size, target.io_dtype)]
-    source = source_record(checkpoint.source, checkpoint.revision, checkpoint.root, checkpoint.all_files())
-    recipe = {"weights": target.weight_format, "io_dtype": target.io_dtype, "fused_rotary": stats.fused_rotary,
-              "graph_nodes": stats.nodes, "bits": target.bits, "block_size": target.block_size,
-              "accuracy_level": target.accuracy_level,
-              "quant_algo": quant_algo if target.bits is not None else None, **stats.heads,
-              "ort_format": stats.ort_format}
-    rope_switch = spec.longrope.original_max_position_embeddings if spec.longrope else None
-    manifest = build_manifest(source=source, spec_json=spec.to_json(), target=asdict(target), recipe=recipe,
-                              io_signature=signature, artifact_dir=folder, rope_switch_length=rope_switch)
-    manifest["fidelity"] = fidelity
-    write_manifest(folder, manifest)
-    return fidelity
-
-
-def load(folder: str | Path, **options: Any) -> "EdgeModel":
-    """Open an artifact folder for generation (onnxruntime + tokenizers only)."""
+def load(folder: str | Path, *, intra_op_threads: int | None = None, backend: str = "ort",
+         kv_cache: str = "auto", verify: bool = True) -> EdgeModel:
+    """Open an artifact folder for generation (onnxruntime + tokenizers only; see EdgeModel.load)."""
     from phi3_edge.edge_runtime import EdgeModel
 
-    return EdgeModel.load(Path(folder), **options)
+    return EdgeModel.load(Path(folder), intra_op_threads=intra_op_threads, backend=backend, kv_cache=kv_cache,
+                          verify=verify)
 
 
-def evaluate(artifact: str | Path, reference: str | Path, *, text_file: str | Path | None = None) -> "FidelityReport":
+def evaluate(artifact: str | Path, reference: str | Path, *, text_file: str | Path | None = None) -> FidelityReport:
     """Mean next-token KL(reference || artifact) and top-1 agreement on the built-in prompts; with
     `text_file`, the perplexity of both on its text (onnxruntime + tokenizers only, like load())."""
     from phi3_edge.evaluate import compare_artifacts
@@ -181,3 +116,68 @@ def evaluate(artifact: str | Path, reference: str | Path, *, text_file: str | Pa
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
             raise Phi3EdgeError(f"cannot read the perplexity text ({reason})", text_file) from None
     return compare_artifacts(artifact, reference, text=text)
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    folder: Path
+    prompt_len: int = 128
+    gen_len: int = 128
+    backend: str = "ort"  # "ort" | "genai"
+    bandwidth_mb: int = 512  # the memory-bandwidth copy the roofline uses
+    repeats: int = 1  # timed generations after the warm-up; the best is reported
+    threads: int | None = None  # intra-op threads (None: the backend's default)
+    verify: bool = True
+
+
+def bench(request: BenchRequest) -> BenchReport:
+    """TTFT, prefill/decode tokens/s, peak RSS and the decode roofline of an artifact."""
+    from phi3_edge.edge_runtime.bench import run_bench
+
+    return run_bench(request.folder, request.prompt_len, request.gen_len, backend=request.backend,
+                     bandwidth_mb=request.bandwidth_mb, repeats=request.repeats, intra_op_threads=request.threads,
+                     verify=request.verify)
+
+
+def inspect(folder: str | Path) -> ArtifactInfo:
+    """Op census, I/O signature, file sizes and manifest summary of an artifact folder."""
+    from phi3_edge.edge_runtime.artifact_info import inspect_artifact
+
+    return inspect_artifact(folder)
+
+
+def verify(folder: str | Path) -> Report:
+    """Every file against manifest.json (full hashes), the graph's I/O and external data (see integrity)."""
+    from phi3_edge.integrity import check_artifact
+
+    return check_artifact(Path(folder))
+
+
+def problem_status(problem: str | None) -> str:
+    """One verify() problem as a table cell: "ok", or the problem without the common "damaged" prefix."""
+    from phi3_edge.integrity import DAMAGED
+
+    return "ok" if problem is None else problem.removeprefix(f"{DAMAGED}: ")
+
+
+def targets() -> list[Target]:
+    """The deployment targets, in table order."""
+    return list(TARGETS.values())
+
+
+def target_names() -> list[str]:
+    return list(TARGETS)
+
+
+def short_names_table() -> str:
+    """The model short names (`phi3:mini`, ...) as a text table; "" when the exporter is not installed."""
+    try:
+        from phi3_edge.exporter.checkpoint import short_names_table as table
+    except ImportError:
+        return ""
+    return table()
+
+
+__all__ = ["REFERENCE_TARGET", "BenchRequest", "ExportOptions", "ExportRequest", "ExportResult", "QuantOptions",
+           "bench", "evaluate", "export", "export_request", "get_target", "inspect", "load", "problem_status",
+           "run_export", "short_names_table", "target_names", "targets", "verify"]

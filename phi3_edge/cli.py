@@ -1,18 +1,21 @@
-"""`phi3-edge`: parse, call phi3_edge.api, print. No logic of its own.
+"""`phi3-edge`: parse, build one frozen request, call phi3_edge.api, print. No logic of its own.
 
-The API (and through it the exporter or the runtime) is imported inside each command, so `phi3-edge run` on
-a device never imports onnx, and `--help` stays fast.
+Only `phi3_edge.api` is imported (it imports the exporter or the runtime inside each call), so `phi3-edge run`
+never imports onnx, and `--help` stays fast.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 
+from phi3_edge import api
 from phi3_edge.errors import Phi3EdgeError
-from phi3_edge.targets.table import TARGETS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # click's own code for a bad command line
@@ -22,10 +25,11 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 class _CleanErrors(click.Group):
     """Every failure a user can cause is one line on stderr, never a traceback (unless --debug)."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
             # standalone_mode=False hands us click's exceptions instead of its multi-line usage banner.
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **kwargs)
         except click.UsageError as exc:
             # One line: an unknown target already lists the valid ones, so the usage banner adds nothing.
             code = _fail(exc.format_message(), EXIT_USAGE)
@@ -63,18 +67,9 @@ def main(debug: bool) -> None:
     """Export Phi-3 checkpoints to ONNX Runtime artifact folders and run them on edge devices."""
 
 
-def _short_names_table() -> str:
-    # The checkpoint module belongs to the exporter; only --help needs it, so import it only then.
-    try:
-        from phi3_edge.exporter.checkpoint import short_names_table
-    except ImportError:
-        return ""
-    return short_names_table()
-
-
 class _ExportCommand(click.Command):
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        table = _short_names_table()
+        table = api.short_names_table()  # only --help needs the exporter's checkpoint table
         if not table:
             return
         with formatter.section("Model short names"):
@@ -84,7 +79,8 @@ class _ExportCommand(click.Command):
 
 @main.command(cls=_ExportCommand)
 @click.option("--model", "-m", required=True, help="Local checkpoint folder, Hugging Face id or short name.")
-@click.option("--target", "-t", type=click.Choice(list(TARGETS)), default="cpu-fp32", show_default=True,
+@click.option("--target", "-t", type=click.Choice(api.target_names()), default=api.REFERENCE_TARGET,
+              show_default=True,
               help="Deployment target (see `phi3-edge targets`).")
 @click.option("--output", "-o", type=click.Path(), help="Artifact folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
@@ -101,32 +97,25 @@ class _ExportCommand(click.Command):
                    "when lm_head is quantized, else float).")
 @click.option("--max-kl", type=click.FloatRange(min=0), default=None,
               help="Accuracy gate: fail (and write nothing) when the quantized export's mean next-token KL "
-                   "to a cpu-fp32 export of the same checkpoint exceeds this (float targets always pass).")
+                   f"to a {api.REFERENCE_TARGET} export of the same checkpoint exceeds this (float targets "
+                   "always pass).")
 @click.option("--no-fidelity", is_flag=True,
-              help="Skip measuring a quantized export against cpu-fp32 (recorded as null; for huge models).")
+              help=f"Skip measuring a quantized export against {api.REFERENCE_TARGET} (recorded as null; for "
+                   "huge models).")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the artifact path.")
 def export(model: str, target: str, output: str | None, force: bool, no_tokenizer: bool, quant_algo: str,
            mixed_precision: bool, lm_head: str | None, embeddings: str | None, max_kl: float | None,
            no_fidelity: bool, quiet: bool) -> None:
     """Export a Phi-3 checkpoint to an ONNX Runtime artifact folder."""
-    from phi3_edge import api
-
-    result = api.export(model, target, output, force=force, require_tokenizer=not no_tokenizer,
-                        progress=False if quiet else None, quant_algo=quant_algo,
-                        mixed_precision=mixed_precision,
-                        lm_head=lm_head, embeddings=embeddings, max_kl=max_kl, fidelity=not no_fidelity)
+    quant = api.QuantOptions(algo=quant_algo, mixed_precision=mixed_precision, lm_head=lm_head, embeddings=embeddings)
+    request = api.ExportRequest(model, target, None if output is None else Path(output), force=force,
+                                require_tokenizer=not no_tokenizer, progress=False if quiet else None, quant=quant,
+                                max_kl=max_kl, fidelity=not no_fidelity)
+    result = api.run_export(request)
     if quiet:
         click.echo(str(result.output))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="export finished", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in result.summary_rows():
-        table.add_row(key, value)
-    Console().print(table)
+    _print_table("export finished", (), result.summary_rows())
 
 
 BACKEND_CHOICES = ("ort", "genai")
@@ -180,8 +169,6 @@ def _echo_stats(result: Any) -> None:
 def run(folder: str, prompt: str, backend: str, as_chat: bool, system: str | None, no_verify: bool,
         **generation: Any) -> None:
     """Complete PROMPT with the model in artifact folder DIR, streaming to stdout (greedy unless sampling)."""
-    from phi3_edge import api
-
     model = api.load(folder, backend=backend, verify=not no_verify)
     request: Any = prompt
     if as_chat:
@@ -199,8 +186,6 @@ def run(folder: str, prompt: str, backend: str, as_chat: bool, system: str | Non
 @click.option("--no-verify", is_flag=True, help="Skip checking the files against manifest.json's hashes.")
 def chat(folder: str, system: str | None, truncate: bool, backend: str, no_verify: bool, **generation: Any) -> None:
     """Chat with the model in DIR: one user message per line on stdin; `/exit` or end of input ends it."""
-    from phi3_edge import api
-
     model = api.load(folder, backend=backend, verify=not no_verify)
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     stdin = sys.stdin
@@ -221,6 +206,7 @@ def chat(folder: str, system: str | None, truncate: bool, backend: str, no_verif
             click.echo(f"error: {' '.join(str(exc).splitlines())}", err=True)
             continue
         _echo_stream(stream)
+        assert stream.result is not None  # set once the stream is exhausted
         messages.append({"role": "assistant", "content": stream.result.text})
 
 
@@ -240,13 +226,9 @@ def chat(folder: str, system: str | None, truncate: bool, backend: str, no_verif
 def bench(folder: str, prompt_len: int, gen_len: int, backend: str, bandwidth_mb: int, repeats: int,
           threads: int | None, as_json: bool, no_verify: bool) -> None:
     """TTFT, prefill/decode tokens/s, peak RSS and decode roofline ratio of the model in DIR."""
-    from phi3_edge.edge_runtime.bench import run_bench
-
-    report = run_bench(folder, prompt_len, gen_len, backend=backend, bandwidth_mb=bandwidth_mb, repeats=repeats,
-                       intra_op_threads=threads, verify=not no_verify)
+    report = api.bench(api.BenchRequest(Path(folder), prompt_len, gen_len, backend=backend, bandwidth_mb=bandwidth_mb,
+                                        repeats=repeats, threads=threads, verify=not no_verify))
     if as_json:
-        import json
-
         click.echo(json.dumps(report.to_json(), indent=2))
         return
     rows = [("backend", report.backend), ("prompt / new tokens", f"{prompt_len} / {gen_len}"),
@@ -265,9 +247,7 @@ def bench(folder: str, prompt_len: int, gen_len: int, backend: str, bandwidth_mb
 @click.argument("folder", metavar="DIR")
 def inspect_command(folder: str) -> None:
     """Op census, I/O signature, file sizes and manifest summary of artifact folder DIR."""
-    from phi3_edge.edge_runtime.artifact_info import inspect_artifact
-
-    info = inspect_artifact(folder)
+    info = api.inspect(folder)
     ops = sorted(info.graph.ops.items(), key=lambda item: (-item[1], item[0]))
     _print_table("op census", ("op", "nodes"), [(op, str(count)) for op, count in ops])
     io = [(direction, t.name, t.dtype, f"[{', '.join(str(d) for d in t.shape)}]")
@@ -282,12 +262,16 @@ def _size(size: int) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
 
-def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _print_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """A rich table; no `columns`: a two-column key/value table without a header."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(*columns, title=title)
+    table = Table(*columns, title=title, show_header=bool(columns))
+    if not columns:
+        table.add_column(style="bold")
+        table.add_column()
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))  # "[batch_size, ...]" is data, not rich markup
     Console().print(table)
@@ -298,14 +282,9 @@ def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...
 def verify(folder: str) -> None:
     """Check artifact folder DIR against manifest.json: every file's size and sha256, the graph's I/O
     signature, and external data staying inside the folder. Exits 1 with a one-line reason when damaged."""
-    from pathlib import Path
+    report = api.verify(folder)  # full hashes, never the stamp; a good result refreshes the stamp
 
-    from phi3_edge.integrity import DAMAGED, check_artifact
-
-    report = check_artifact(Path(folder))  # full hashes, never the stamp; a good result refreshes the stamp
-
-    def status(problem: str | None) -> str:
-        return "ok" if problem is None else problem.removeprefix(f"{DAMAGED}: ")
+    status = api.problem_status
 
     rows = [(f.name, "-" if f.size is None else str(f.size), (f.sha256 or "-")[:12], status(f.problem))
             for f in report.files]
@@ -321,14 +300,9 @@ def verify(folder: str) -> None:
 @main.command()
 def targets() -> None:
     """List the deployment targets."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("target", "EP", "weights", "I/O + KV", "block", "acc. level", "notes")
-    for target in TARGETS.values():
-        table.add_row(target.name, target.execution_provider, target.weight_format, target.io_dtype,
-                      _or_dash(target.block_size), _or_dash(target.accuracy_level), target.notes)
-    Console().print(table)
+    rows = [(t.name, t.execution_provider, t.weight_format, t.io_dtype, _or_dash(t.block_size),
+             _or_dash(t.accuracy_level), t.notes) for t in api.targets()]
+    _print_table("", ("target", "EP", "weights", "I/O + KV", "block", "acc. level", "notes"), rows)
 
 
 def _or_dash(value: int | None) -> str:
@@ -338,33 +312,21 @@ def _or_dash(value: int | None) -> str:
 @main.command("eval")
 @click.argument("artifact", metavar="ARTIFACT")
 @click.option("--ref", "reference", required=True, metavar="REF_ARTIFACT",
-              help="Reference artifact folder (usually the cpu-fp32 export of the same checkpoint).")
+              help=f"Reference artifact folder (usually the {api.REFERENCE_TARGET} export of the same checkpoint).")
 @click.option("--text", "text_file", type=click.Path(dir_okay=False), default=None,
               help="UTF-8 text file: also report the perplexity of both models on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def evaluate(artifact: str, reference: str, text_file: str | None, as_json: bool) -> None:
     """Mean next-token KL(REF || ARTIFACT) and top-1 agreement on built-in prompts; perplexity with --text."""
-    import json
-
-    from phi3_edge import api
-
     report = api.evaluate(artifact, reference, text_file=text_file)
     if as_json:
         click.echo(json.dumps({"artifact": artifact, "reference": reference, **report.to_json()}))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{artifact} vs {reference}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("mean KL (nats)", f"{report.kl:.4g}")
-    table.add_row("top-1 agreement", f"{report.top1:.1%}")
-    table.add_row("positions", f"{report.positions} over {report.prompts} built-in prompts")
+    rows = [("mean KL (nats)", f"{report.kl:.4g}"), ("top-1 agreement", f"{report.top1:.1%}"),
+            ("positions", f"{report.positions} over {report.prompts} built-in prompts")]
     if report.ppl is not None and report.ref_ppl is not None:
-        table.add_row("perplexity", f"{report.ppl:.4g} (reference {report.ref_ppl:.4g}, "
-                                    f"{report.text_tokens} tokens)")
-    Console().print(table)
+        rows.append(("perplexity", f"{report.ppl:.4g} (reference {report.ref_ppl:.4g}, {report.text_tokens} tokens)"))
+    _print_table(f"{artifact} vs {reference}", (), rows)
 
 
 if __name__ == "__main__":

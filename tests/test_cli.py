@@ -108,3 +108,26 @@ def test_unknown_command_is_one_line() -> None:
     result = _invoke("frobnicate")
     assert result.exit_code == 2
     assert _one_line(result.stderr).startswith("error: ")
+
+
+def test_hqq_on_cpu_int8_is_one_line(tmp_path: Path) -> None:
+    """An impossible recipe is refused before the checkpoint is even looked up: one line, exit 1, nothing written."""
+    out = tmp_path / "out"
+    result = _invoke("export", "--model", "demo", "--target", "cpu-int8", "--quant-algo", "hqq", "--output", str(out))
+    assert result.exit_code == 1, result.output
+    line = _one_line(result.stderr)
+    assert line.startswith("error: ") and "hqq" in line and "8 bits" in line
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_misspelt_api_export_option_is_one_line() -> None:
+    with pytest.raises(Phi3EdgeError, match="unknown export option 'quant_algos'.*quant_algo"):
+        api.export("demo", output="unused", quant_algos="hqq")  # type: ignore[call-arg]
+
+
+def test_export_request_is_frozen_and_carries_the_quant_options() -> None:
+    request = api.export_request("demo", "cpu-int4", "out", quant_algo="hqq", mixed_precision=True, force=True)
+    assert request.quant == api.QuantOptions(algo="hqq", mixed_precision=True)
+    assert request.force and request.output == Path("out")
+    with pytest.raises(AttributeError):
+        request.force = False  # type: ignore[misc]

@@ -14,8 +14,9 @@ from typing import Any
 
 from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.evaluate.fidelity import compare_artifacts
+from phi3_edge.targets.table import REFERENCE_TARGET
 
-REFERENCE = "cpu-fp32 graph of the same checkpoint"
+REFERENCE = f"{REFERENCE_TARGET} graph of the same checkpoint"
 
 
 def measure_against_reference(candidate: Path, export_reference: Callable[[Path], object], *,
@@ -27,7 +28,7 @@ def measure_against_reference(candidate: Path, export_reference: Callable[[Path]
     the output's filesystem has just been shown to hold an export.
     """
     with tempfile.TemporaryDirectory(prefix=".phi3-edge-fidelity-", dir=scratch_parent) as scratch:
-        reference = Path(scratch) / "cpu-fp32"
+        reference = Path(scratch) / REFERENCE_TARGET
         export_reference(reference)
         report = compare_artifacts(candidate, reference)
     return {"kl": report.kl, "top1": report.top1, "prompts": report.prompts, "positions": report.positions,

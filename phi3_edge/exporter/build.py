@@ -10,23 +10,21 @@ from pathlib import Path
 import onnx
 
 from phi3_edge.errors import CheckpointError
-from phi3_edge.exporter.blocks.linear import Linear
+from phi3_edge.exporter.blocks.recipe_linear import RecipeLinear
 from phi3_edge.exporter.config import Phi3Spec
 from phi3_edge.exporter.decoder import DecoderPlan, build_decoder
 from phi3_edge.exporter.graph import GraphBuilder
-from phi3_edge.exporter.heads import HeadOptions, make_heads
+from phi3_edge.exporter.heads import make_heads
 from phi3_edge.exporter.ort_format import write_ort_format
 from phi3_edge.exporter.tensor_writer import TensorWriter
 from phi3_edge.exporter.weight_source import WeightSource
 from phi3_edge.exporter.weights import WeightStore
-from phi3_edge.quantize import linear_factory_for
+from phi3_edge.quantize.recipe import ModelShape, QuantOptions, QuantRecipe, decide_recipe
 from phi3_edge.targets.table import Target
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16"}
-
-LinearFactory = Callable[[WeightSource], Linear]
 
 
 @dataclass(frozen=True)
@@ -39,22 +37,29 @@ class GraphStats:
     ort_format: str | None  # mobile targets: what happened to model.ort (written, or skipped and why)
 
 
+def model_shape(spec: Phi3Spec) -> ModelShape:
+    """What the quantization recipe needs to know about the model."""
+    return ModelShape(spec.num_layers, spec.hidden_size, spec.tie_word_embeddings)
+
+
 def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...], folder: Path,
-                 *, quant_algo: str = "rtn", mixed_precision: bool = False,
-                 head_options: HeadOptions = HeadOptions(),
-                 linear_factory: LinearFactory | None = None,
+                 *, recipe: QuantRecipe | None = None,
                  on_tensor: Callable[[str, int], None] | None = None,
-                 on_layer: Callable[[int], None] | None = None) -> GraphStats:
+                 on_layer: Callable[[int], None] | None = None,
+                 on_stage: Callable[[str], None] | None = None) -> GraphStats:
+    """`recipe` defaults to the target's own (decide_recipe with default options); on_stage hears
+    "headers" and "weights" (see exporter/artifact.py's STAGES)."""
+    if recipe is None:
+        recipe = decide_recipe(target, QuantOptions(), model_shape(spec))
     started = time.perf_counter()
     plan = DecoderPlan(io_dtype=target.io_dtype, fused_rotary=target.fused_rotary, packed_qkv=target.packed_qkv,
                        allow_if_node=target.allow_if_node)
     float_dtype = WEIGHT_DTYPES.get(target.weight_format, target.io_dtype)
-    with WeightStore(weight_files) as store, TensorWriter(folder / DATA_FILE) as writer:
+    with WeightStore(weight_files, on_stage) as store, TensorWriter(folder / DATA_FILE, on_stage) as writer:
         source = WeightSource(store, writer, float_dtype=float_dtype, on_tensor=on_tensor)
-        mixed_layers = spec.num_layers if mixed_precision else None
-        linear = (linear_factory or linear_factory_for(target, quant_algo, mixed_layers))(source)
         g = GraphBuilder("phi3_decoder")
-        heads = make_heads(g, spec, target, source, linear, head_options)
+        heads = make_heads(g, spec, source, recipe)
+        linear = RecipeLinear(source, recipe)
         model = build_decoder(g, spec, plan, source, linear, heads, on_layer or (lambda layer: None))
         _check_all_used(store, spec, weight_files)
         data_bytes = writer.bytes_written

@@ -89,9 +89,9 @@ def _decoder(spec: Phi3Spec, target: Target, provider_options: dict[str, str] | 
 
 
 def _providers(target: Target, options: dict[str, str] | None) -> list[dict[str, dict[str, str]]]:
-    # onnxruntime-genai runs on CPU when no provider is listed; the builder writes an empty list for it.
-    # This is the encoding of the EP name, not a per-target behaviour: options come from the caller.
-    if target.execution_provider == "cpu" and not options:
+    # The target table says whether genai_config lists the provider (not for its default, CPU); options come
+    # from the caller.
+    if not target.genai_lists_provider and not options:
         return []
     return [{target.execution_provider: dict(options or {})}]
 
@@ -193,9 +193,10 @@ def _read_template(path: Path) -> str:
     if path.suffix == ".jinja":
         return path.read_text(encoding="utf-8")
     data = _read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("chat_template"), str):
+    template = data.get("chat_template") if isinstance(data, dict) else None
+    if not isinstance(template, str):
         raise CheckpointError("expected an object with a 'chat_template' string", path)
-    return data["chat_template"]
+    return template
 
 
 def _fold_template(config_path: Path, template: str, written: list[Path]) -> Path:

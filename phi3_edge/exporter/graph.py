@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Literal, overload
 
 import numpy as np
 import onnx
@@ -32,6 +33,14 @@ class GraphBuilder:
         count = self._names[hint]
         return hint if count == 1 else f"{hint}_{count - 1}"
 
+    @overload
+    def op(self, op_type: str, inputs: Sequence[str], *, name: str | None = None, outputs: Literal[1] = 1,
+           domain: str = "", **attrs: object) -> str: ...
+
+    @overload
+    def op(self, op_type: str, inputs: Sequence[str], *, name: str | None = None,  # type: ignore[overload-overlap]
+           outputs: int | Sequence[str], domain: str = "", **attrs: object) -> tuple[str, ...]: ...
+
     def op(
         self,
         op_type: str,
@@ -42,7 +51,7 @@ class GraphBuilder:
         domain: str = "",
         **attrs: object,
     ) -> str | tuple[str, ...]:
-        """Append one node; returns its output name (or a tuple when it has several)."""
+        """Append one node; returns its output name (or a tuple when it has several, `outputs=2` or names)."""
         node_name = self.unique(name or op_type)
         if isinstance(outputs, int):
             output_names = [f"{node_name}/out{i}" if outputs > 1 else f"{node_name}/out" for i in range(outputs)]

@@ -75,7 +75,8 @@ def _round_clip(x: np.ndarray, qmax: int) -> np.ndarray:
     """rint + clip to [0, qmax] in place (x is a temporary): ~2.5x faster than np.clip(np.rint(x))."""
     np.rint(x, out=x)
     np.minimum(x, qmax, out=x)
-    return np.maximum(x, 0, out=x)
+    np.maximum(x, 0, out=x)
+    return x
 
 
 def _symmetric_scales(blocks: np.ndarray, bits: int) -> np.ndarray:
@@ -125,7 +126,8 @@ def dequantize(blocks: QuantizedBlocks) -> np.ndarray:
     """(N, K) float32 as MatMulNBits sees the weight: (q - zero_point) * scale, padding trimmed."""
     zero = blocks.effective_zero_points()
     w = (blocks.q.astype(np.float32) - zero[..., None]) * blocks.scales[..., None]  # (N, n_blocks, block)
-    return w.reshape(w.shape[0], -1)[:, : blocks.k]
+    trimmed: np.ndarray = w.reshape(w.shape[0], -1)[:, : blocks.k]  # (N, K)
+    return trimmed
 
 
 # --- HQQ -----------------------------------------------------------------------------------------------
@@ -134,7 +136,9 @@ def _shrink_lp(x: np.ndarray, beta: float, p: float) -> np.ndarray:
     """Proximal operator of |x|^p (p < 1): soft-threshold that spares large residuals (outliers)."""
     magnitude = np.abs(x)
     kept = magnitude - np.exp((p - 1) * np.log(magnitude + 1e-8)) / beta  # |x|^(p-1); exp/log: 1.5x faster
-    return np.copysign(np.maximum(kept, 0.0, out=kept), x)
+    np.maximum(kept, 0.0, out=kept)
+    shrunk: np.ndarray = np.copysign(kept, x)
+    return shrunk
 
 
 def _hqq_zero(blocks: np.ndarray, inv_scale: np.ndarray, zero: np.ndarray, qmax: int, iters: int,

@@ -3,17 +3,10 @@
 llama.cpp's Q4_K_M and onnxruntime-genai's `mixed_layers` give more bits to the MLP down projection of the
 first and last eighth of the layers and of every third layer between: quantization error there reaches the
 residual stream unfiltered and compounds (onnxruntime-genai#1450, onnxruntime#24384 on Phi-4-mini).
+The choice is data: quantize/recipe.py turns it into per-tensor overrides of the recipe.
 """
 
 from __future__ import annotations
-
-import re
-
-from phi3_edge.exporter.blocks.linear import Rows
-from phi3_edge.exporter.graph import GraphBuilder
-from phi3_edge.quantize.linear import NBitsLinear
-
-_LAYER = re.compile(r"model\.layers\.(\d+)\.mlp\.down_proj\.weight$")
 
 
 def uses_more_bits(layer: int, num_layers: int) -> bool:
@@ -22,17 +15,6 @@ def uses_more_bits(layer: int, num_layers: int) -> bool:
     return layer < eighth or layer >= 7 * num_layers // 8 or (layer - eighth) % 3 == 2
 
 
-class MixedLinear:
-    """Routes each Linear to the int8 or the base recipe by its checkpoint name (same Linear protocol)."""
-
-    def __init__(self, base: NBitsLinear, wide: NBitsLinear, num_layers: int) -> None:
-        self.base, self.wide, self.num_layers = base, wide, num_layers
-
-    def __call__(self, g: GraphBuilder, x: str, hf_name: str, in_features: int, out_features: int, *,
-                 rows: Rows | None = None, label: str | None = None) -> str:
-        match = _LAYER.match(hf_name)
-        chosen = self.wide if match and uses_more_bits(int(match.group(1)), self.num_layers) else self.base
-        return chosen(g, x, hf_name, in_features, out_features, rows=rows, label=label)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.base, name)  # bits, block_size, algo...: the base recipe describes the export
+def down_proj_name(layer: int) -> str:
+    """The checkpoint name of a layer's MLP down projection (the tensor mixed precision widens)."""
+    return f"model.layers.{layer}.mlp.down_proj.weight"

@@ -6,6 +6,7 @@ This module imports no code of ours.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -25,7 +26,16 @@ class Target:
     packed_qkv: bool = True  # one QKV MatMul; DirectML's GQA wants separate Q/K/V
     allow_if_node: bool = True  # DirectML graph capture cannot run an If node (LongRoPE cache switch)
     ort_format: bool = False  # mobile: also emit model.ort + required_operators.config
+    # genai_config.json's provider_options: onnxruntime-genai runs on CPU when no provider is listed (the
+    # builder writes an empty list for CPU), so a CPU target lists none unless the caller passes options.
+    genai_lists_provider: bool = True
 
+
+# The target every other one is measured against (parity, the accuracy gate, `eval --ref`).
+REFERENCE_TARGET = "cpu-fp32"
+
+# The CPU EP is onnxruntime-genai's default: genai_config.json lists no provider for it.
+_CPU = {"genai_lists_provider": False}
 
 # DirectML: separate rotary, separate Q/K/V and no If node (see the field comments above).
 _DML = {"fused_rotary": False, "packed_qkv": False, "allow_if_node": False}
@@ -37,14 +47,14 @@ _DML = {"fused_rotary": False, "packed_qkv": False, "allow_if_node": False}
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("cpu-fp32", "cpu", "fp32", "float32", 1e-4,
-               "the reference every other target is measured against"),
+        Target(REFERENCE_TARGET, "cpu", "fp32", "float32", 1e-4,
+               "the reference every other target is measured against", **_CPU),
         Target("cpu-int8", "cpu", "int8", "float32", 1.2,  # measured 0.57
                "int8 weights and int8 activations: at accuracy_level 0, ORT 1.32's CPU 8-bit MatMulNBits "
                "measured 26x slower than at level 4 (one 3072x8192 decode step, 2-core x86)",
-               bits=8, block_size=32, accuracy_level=4),
+               bits=8, block_size=32, accuracy_level=4, **_CPU),
         Target("cpu-int4", "cpu", "int4", "float32", 9.0,  # measured 4.48
-               "the default edge target", bits=4, block_size=32, accuracy_level=4),
+               "the default edge target", bits=4, block_size=32, accuracy_level=4, **_CPU),
         Target("cuda-fp16", "cuda", "fp16", "float16", 0.08,  # measured 0.037
                "fp16 weights and activations"),
         Target("cuda-int4", "cuda", "int4", "float16", 9.0,  # measured 4.52
@@ -57,7 +67,7 @@ TARGETS: dict[str, Target] = {
                bits=4, block_size=128, accuracy_level=0, **_DML),
         Target("mobile-int4", "cpu", "int4", "float32", 9.0,  # measured 4.48
                "ARM/x86 phones and IoT boards; + ORT format and a reduced-ops config",
-               bits=4, block_size=32, accuracy_level=4, ort_format=True),
+               bits=4, block_size=32, accuracy_level=4, ort_format=True, **_CPU),
     )
 }
 
@@ -68,3 +78,29 @@ def get_target(name: str) -> Target:
         return TARGETS[name]
     except KeyError:
         raise KeyError(f"unknown target {name!r}; valid targets: {', '.join(TARGETS)}") from None
+
+
+# The default edge target: `export`'s default and the one `targets` marks as such.
+DEFAULT_TARGET = "cpu-int4"
+
+# onnxruntime's name for each execution_provider value (what get_available_providers() lists): how
+# `run MODEL` tells which targets this machine can run, and what a session is asked to use.
+ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider"}
+
+# `run MODEL` exports for the first of these whose provider onnxruntime offers here: int4 (the smallest
+# weights that keep quality) on the fastest device; the CPU, in every onnxruntime build, last.
+AUTO_TARGETS = ("cuda-int4", "dml-int4", DEFAULT_TARGET)
+
+
+def ort_provider(target: Target) -> str:
+    """onnxruntime's provider name for a target (e.g. "CUDAExecutionProvider")."""
+    return ORT_PROVIDERS[target.execution_provider]
+
+
+def best_target(available_providers: Iterable[str]) -> Target:
+    """The first AUTO_TARGETS entry whose provider is among `available_providers` (the CPU one if none is)."""
+    available = set(available_providers)
+    for name in AUTO_TARGETS:
+        if ort_provider(TARGETS[name]) in available:
+            return TARGETS[name]
+    return TARGETS[DEFAULT_TARGET]

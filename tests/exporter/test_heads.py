@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from fixtures.reference import ort_incremental
 from safetensors.numpy import load_file, save_file
 
@@ -73,3 +75,46 @@ def test_lm_head_int8_on_int4_target(tiny_checkpoint, tmp_path: Path) -> None:
     assert bits.pop("lm_head") == 8
     assert set(bits.values()) == {4}
     assert not nodes(tmp_path / "a", "GatherBlockQuantized"), "untied: embeddings stay float by default"
+
+
+def _manifest_recipe(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())["recipe"]
+
+
+def _lm_head_op(folder: Path) -> tuple[str, int | None]:
+    """The op that produces the logits, and its bits (None for a float MatMul)."""
+    (node,) = [n for n in graph(folder).node if "logits" in n.output]
+    return node.op_type, attribute(node, "bits") if node.op_type == "MatMulNBits" else None
+
+
+@pytest.mark.parametrize("variant", ["gqa", "partial_tied_wide"])
+def test_manifest_describes_the_heads_the_graph_has_with_mixed_precision(tiny_checkpoint, tmp_path: Path,
+                                                                        variant: str) -> None:
+    """--mixed-precision wraps the body's Linears; the heads still follow the recipe, and the manifest says what
+    the graph holds (it used to report a float lm_head beside an int4 MatMulNBits one)."""
+    out = tmp_path / variant
+    export(str(tiny_checkpoint(variant)), target="cpu-int4", output=out, progress=False, fidelity=False,
+           mixed_precision=True)
+    recipe = _manifest_recipe(out)
+    op, bits = _lm_head_op(out)
+    assert (op, bits) == ("MatMulNBits", 4)
+    assert recipe["lm_head"].startswith("int4 ")
+    applied = recipe["quantization"]
+    assert applied["lm_head"]["bits"] == 4 and applied["overrides"]  # the recipe as applied, overrides too
+    gathers = nodes(out, "GatherBlockQuantized")
+    if variant == "partial_tied_wide":  # tied: the table is quantized once and shared, as without mixed precision
+        assert recipe["lm_head"] == "int4 GatherBlockQuantized table, shared" and applied["shared_table"]
+        assert len(gathers) == 1 and recipe["embeddings"] == "int4 GatherBlockQuantized"
+    else:
+        assert recipe["lm_head"] == "int4 MatMulNBits (rtn, block 32)" and not gathers
+        assert recipe["embeddings"] == "float"
+    wide = {n.name.split("/")[0] for n in nodes(out, "MatMulNBits") if attribute(n, "bits") == 8}
+    assert {name.removesuffix(".weight") for name in applied["overrides"]} == wide
+
+
+def test_manifest_float_head(tiny_checkpoint, tmp_path: Path) -> None:
+    export(str(tiny_checkpoint("gqa")), target="cpu-int4", output=tmp_path / "f", progress=False, fidelity=False,
+           lm_head="float")
+    assert _lm_head_op(tmp_path / "f") == ("MatMul", None)
+    assert _manifest_recipe(tmp_path / "f")["lm_head"] == "float MatMul"
+    assert _manifest_recipe(tmp_path / "f")["quantization"]["lm_head"] is None

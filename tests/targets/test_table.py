@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from fixtures.reference import ort_incremental
-from phi3_edge.exporter.build import export_graph
+from phi3_edge.exporter.build import export_graph, model_shape
 from phi3_edge.exporter.config import load_spec
-from phi3_edge.quantize import linear_factory_for
+from phi3_edge.quantize import QuantOptions, decide_recipe
 from phi3_edge.targets.table import TARGETS, Target, get_target
 
 DESIGN_TARGETS = ("cpu-fp32", "cpu-int8", "cpu-int4", "cuda-fp16", "cuda-int4", "dml-fp16", "dml-int4",
@@ -89,7 +89,7 @@ def prompt_logits(checkpoint: Path, target: Target, folder: Path, algo: str = "r
     spec = load_spec(checkpoint / "config.json")
     folder.mkdir()
     export_graph(spec, target, tuple(sorted(checkpoint.glob("*.safetensors"))), folder,
-                 linear_factory=linear_factory_for(target, algo))
+                 recipe=decide_recipe(target, QuantOptions(algo=algo), model_shape(spec)))
     got = ort_incremental(folder / "model.onnx", PROMPT, 0, spec.num_layers, spec.num_kv_heads, spec.head_dim)
     return got.prompt_logits
 

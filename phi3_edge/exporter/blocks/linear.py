@@ -1,7 +1,8 @@
 """Linear layers: the one seam between float and quantized exports.
 
 A `Linear` turns (x, checkpoint weight name, in, out) into a graph value. The float version emits a MatMul
-on a transposed initializer; quantize/ provides MatMulNBits versions with the same signature.
+on a transposed initializer; exporter/blocks/nbits.py emits MatMulNBits with the same signature, and
+exporter/blocks/recipe_linear.py picks one of them per checkpoint tensor, as the export's QuantRecipe says.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from typing import Protocol
 
 from phi3_edge.exporter.graph import GraphBuilder
 from phi3_edge.exporter.weight_source import WeightSource
-
 
 Rows = tuple[int, int]  # a range of output features (rows of the checkpoint's (out, in) weight)
 
@@ -36,6 +36,4 @@ class FloatLinear:
                  rows: Rows | None = None, label: str | None = None) -> str:
         stem = node_prefix(hf_name, label)
         tensor = self.source.transposed(hf_name, out_features, in_features, f"{stem}.MatMul.weight", rows=rows)
-        out = g.op("MatMul", [x, g.add_initializer(tensor)], name=f"{stem}/MatMul")  # (B, S, out)
-        assert isinstance(out, str)
-        return out
+        return g.op("MatMul", [x, g.add_initializer(tensor)], name=f"{stem}/MatMul")  # (B, S, out)

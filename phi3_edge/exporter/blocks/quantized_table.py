@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from phi3_edge.exporter.blocks.nbits import NBitsLinear
 from phi3_edge.exporter.graph import MS_DOMAIN, GraphBuilder
 from phi3_edge.exporter.weight_source import WeightSource
-from phi3_edge.quantize.linear import NBitsLinear
+from phi3_edge.quantize.recipe import LinearRecipe
+
+TABLE_STEM = "embed_tokens.quantized"
 
 
 @dataclass(frozen=True)
@@ -30,28 +33,19 @@ class QuantizedTable:
 
     def gather(self, g: GraphBuilder, input_ids: str) -> str:
         width = self.hidden * self.quantizer.bits // 8
+        # B (V, n_blocks, blob) -> (V, H * bits / 8): GatherBlockQuantized wants 2-D codes
         data = g.op("Reshape", [self.tensors[0], g.const([self.vocab, width])], name="embed_tokens/codes_2d")
-        out = g.op("GatherBlockQuantized", [data, input_ids, *self.tensors[1:]], name="embed_tokens",
-                   domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=self.quantizer.block_size,
-                   bits=self.quantizer.bits)  # (B, S, H)
-        assert isinstance(out, str)
-        return out
+        return g.op("GatherBlockQuantized", [data, input_ids, *self.tensors[1:]], name="embed_tokens",
+                    domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=self.quantizer.block_size,
+                    bits=self.quantizer.bits)  # (B, S, H)
 
     def matmul(self, g: GraphBuilder, x: str) -> str:
         return self.quantizer.matmul(g, x, self.tensors, self.hidden, self.vocab, "lm_head")  # (B, S, V)
 
 
-def table_quantizer(source: WeightSource, bits: int, block_size: int, accuracy_level: int,
-                    symmetric: bool) -> NBitsLinear:
-    return NBitsLinear(source, bits=bits, block_size=block_size, accuracy_level=accuracy_level,
-                       symmetric=symmetric, algo="rtn")
-
-
-def can_quantize_table(hidden: int, block_size: int) -> bool:
-    """The 2-D view needs whole blocks per row: padding would change the gathered width."""
-    return hidden % block_size == 0
-
-
-def quantize_table(g: GraphBuilder, quantizer: NBitsLinear, hf_name: str, vocab: int, hidden: int) -> QuantizedTable:
-    tensors = quantizer.write_initializers(g, hf_name, (vocab, hidden), "embed_tokens.quantized")
+def quantize_table(g: GraphBuilder, source: WeightSource, recipe: LinearRecipe, hf_name: str, vocab: int,
+                   hidden: int) -> QuantizedTable:
+    """Write the table's codes once (recipe: quantize/recipe.py decided it is RTN with whole blocks per row)."""
+    quantizer = NBitsLinear(source, recipe)
+    tensors = quantizer.write_initializers(g, hf_name, (vocab, hidden), TABLE_STEM)
     return QuantizedTable(quantizer, tensors, vocab, hidden)

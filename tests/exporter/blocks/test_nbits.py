@@ -1,4 +1,4 @@
-"""NBitsLinear end to end: a tiny safetensors weight -> streamed MatMulNBits initializers -> onnxruntime."""
+"""NBitsLinear (exporter/blocks/nbits.py) end to end: a tiny safetensors weight -> streamed MatMulNBits initializers -> onnxruntime."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ import pytest
 from fixtures.reference import ort_incremental
 from safetensors.numpy import load_file, save_file
 
-from phi3_edge.exporter.blocks.linear import FloatLinear
-from phi3_edge.exporter.build import export_graph
-from phi3_edge.exporter.heads import HeadOptions
+from phi3_edge.exporter.blocks.nbits import NBitsLinear
+from phi3_edge.exporter.build import export_graph, model_shape
 from phi3_edge.exporter.config import Phi3Spec, load_spec
 from phi3_edge.exporter.graph import GraphBuilder, value_info
 from phi3_edge.exporter.tensor_writer import TensorWriter
 from phi3_edge.exporter.weight_source import WeightSource
 from phi3_edge.exporter.weights import WeightStore
-from phi3_edge.quantize import QUANT_ALGOS, NBitsLinear, linear_factory_for
 from phi3_edge.quantize.blockwise import dequantize, quantize_hqq, quantize_rtn
+from phi3_edge.quantize.recipe import LinearRecipe, QuantOptions, decide_recipe
 from phi3_edge.targets.table import TARGETS, Target
 
 N, K = 80, 200  # K = 6.25 blocks of 32: the last block is partial
@@ -45,7 +44,7 @@ def export_linear(folder: Path, io_dtype: str = "float32", chunk_rows: int = 7,
         # a few rows per chunk: the packed codes, scales and zero points must survive being streamed in pieces
         source = WeightSource(store, writer, float_dtype=io_dtype, chunk_bytes=4 * K * chunk_rows,
                               on_tensor=lambda name, nbytes: reports.append((name, nbytes)))
-        out = NBitsLinear(source, **recipe)(g, "x", NAME, K, out_features, rows=rows, label="q" if rows else None)
+        out = NBitsLinear(source, LinearRecipe(**recipe))(g, "x", NAME, K, out_features, rows=rows, label="q" if rows else None)
     g.rename_value(out, "y")
     model = g.model([value_info("x", io_dtype, ["batch", "seq", K])], [value_info("y", io_dtype,
                                                                                 ["batch", "seq", out_features])])
@@ -140,37 +139,6 @@ def test_float16_io(tmp_path, recipe):
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-3
 
 
-def test_invalid_recipes_fail_before_reading_weights(tmp_path):
-    with pytest.raises(ValueError, match="asymmetric"):
-        NBitsLinear(None, bits=4, block_size=32, symmetric=True, algo="hqq")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="8 bits"):
-        NBitsLinear(None, bits=8, block_size=32, symmetric=False, algo="hqq")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="power of two"):
-        NBitsLinear(None, bits=4, block_size=48)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="algorithm"):
-        NBitsLinear(None, bits=4, block_size=32, algo="gptq")  # type: ignore[arg-type]
-
-
-def test_linear_factory_for_targets():
-    assert QUANT_ALGOS == ("rtn", "hqq")
-    for target in TARGETS.values():
-        factory = linear_factory_for(target)
-        if target.bits is None:
-            assert factory is FloatLinear
-        else:
-            linear = factory(None)  # type: ignore[arg-type]
-            assert (linear.bits, linear.block_size, linear.accuracy_level, linear.symmetric, linear.algo) == \
-                (target.bits, target.block_size, target.accuracy_level, target.symmetric, "rtn")
-    hqq = linear_factory_for(TARGETS["cpu-int4"], "hqq")(None)  # type: ignore[arg-type]
-    assert (hqq.algo, hqq.symmetric) == ("hqq", False)  # HQQ writes zero points whatever the RTN recipe
-    with pytest.raises(ValueError, match="8 bits"):
-        linear_factory_for(TARGETS["cpu-int8"], "hqq")
-    with pytest.raises(ValueError, match="algorithm"):
-        linear_factory_for(TARGETS["cpu-int4"], "awq")
-    with pytest.raises(ValueError, match="block_size"):
-        linear_factory_for(replace(TARGETS["cpu-int4"], block_size=None))
-
-
 def fake_quantized_checkpoint(weights: Path, folder: Path, tied: bool, recipe: dict) -> Path:
     """The checkpoint with every Linear weight replaced by dequantize(quantize(W)), as fp32.
 
@@ -187,10 +155,11 @@ def fake_quantized_checkpoint(weights: Path, folder: Path, tied: bool, recipe: d
     return folder / "model.safetensors"
 
 
-def decoder_logits(spec: Phi3Spec, target: Target, files: tuple[Path, ...], folder: Path, factory=None):
+def decoder_logits(spec: Phi3Spec, target: Target, files: tuple[Path, ...], folder: Path, algo: str = "rtn"):
     folder.mkdir()
     # Float embeddings: this test isolates the Linears (the shared quantized table is tests/exporter/test_heads.py).
-    export_graph(spec, target, files, folder, linear_factory=factory, head_options=HeadOptions(embeddings="float"))
+    recipe = decide_recipe(target, QuantOptions(algo=algo, embeddings="float"), model_shape(spec))
+    export_graph(spec, target, files, folder, recipe=recipe)
     got = ort_incremental(folder / "model.onnx", [3, 17, 42, 7, 99, 5], 0, spec.num_layers, spec.num_kv_heads,
                           spec.head_dim)
     return got.prompt_logits
@@ -207,7 +176,7 @@ def test_decoder_equals_fp32_export_of_fake_quantized_weights(tiny_checkpoint, t
     int4 = replace(TARGETS["cpu-int4"], accuracy_level=0, packed_qkv=packed_qkv)
     recipe = {"bits": 4, "block_size": 32, "symmetric": algo == "rtn", "algo": algo}
     fake = fake_quantized_checkpoint(weights, tmp_path / "fake", spec.tie_word_embeddings, recipe)
-    got = decoder_logits(spec, int4, (weights,), tmp_path / "int4", linear_factory_for(int4, algo))
+    got = decoder_logits(spec, int4, (weights,), tmp_path / "int4", algo)
     expected = decoder_logits(replace(spec, tie_word_embeddings=False), replace(TARGETS["cpu-fp32"],
                               packed_qkv=packed_qkv), (fake,), tmp_path / "fp32")
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)

@@ -29,26 +29,14 @@ from phi3_edge.exporter.graph import MS_DOMAIN, GraphBuilder
 from phi3_edge.exporter.weight_source import WeightSource
 from phi3_edge.exporter.weights import TensorInfo
 from phi3_edge.quantize.blockwise import (
-    QuantizedBlocks, check_bits_and_block, n_blocks, pack_weights, pack_zero_points, quantize_hqq, quantize_rtn,
+    QuantizedBlocks,
+    n_blocks,
+    pack_weights,
+    pack_zero_points,
+    quantize_hqq,
+    quantize_rtn,
 )
-
-ALGOS = ("rtn", "hqq")
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 (MatMulNBits' accuracy_level attribute)
-HQQ_BITS = (2, 4)  # HQQ needs float zero points, which ORT 1.32's CPU kernel rejects with 8-bit weights
-
-
-def check_recipe(bits: int, block_size: int, accuracy_level: int, symmetric: bool, algo: str) -> None:
-    """ValueError for a recipe MatMulNBits (or the algorithm) cannot take."""
-    check_bits_and_block(bits, block_size)
-    if algo not in ALGOS:
-        raise ValueError(f"unknown quantization algorithm {algo!r}; expected one of {', '.join(ALGOS)}")
-    if algo == "hqq" and symmetric:
-        raise ValueError("HQQ optimises zero points: it is asymmetric by construction (symmetric=False)")
-    if algo == "hqq" and bits not in HQQ_BITS:
-        raise ValueError(f"HQQ is available for {HQQ_BITS} bits: its float zero points are rejected by "
-                         f"onnxruntime's CPU MatMulNBits at {bits} bits (use rtn)")
-    if accuracy_level not in ACCURACY_LEVELS:
-        raise ValueError(f"accuracy_level must be one of {ACCURACY_LEVELS}, got {accuracy_level}")
+from phi3_edge.quantize.recipe import LinearRecipe
 
 
 @dataclass
@@ -59,15 +47,16 @@ class _SideTensors:
 
 
 class NBitsLinear:
-    def __init__(self, source: WeightSource, *, bits: int, block_size: int, accuracy_level: int = 0,
-                 symmetric: bool = True, algo: str = "rtn", hqq_iters: int = 20) -> None:
-        check_recipe(bits, block_size, accuracy_level, symmetric, algo)
+    """The Linear protocol (exporter/blocks/linear.py) for one quantized recipe (validated when it was made)."""
+
+    def __init__(self, source: WeightSource, recipe: LinearRecipe, *, hqq_iters: int = 20) -> None:
         self.source = source
-        self.bits = bits
-        self.block_size = block_size
-        self.accuracy_level = accuracy_level
-        self.symmetric = symmetric
-        self.algo = algo
+        self.recipe = recipe
+        self.bits = recipe.bits
+        self.block_size = recipe.block_size
+        self.accuracy_level = recipe.accuracy_level
+        self.symmetric = recipe.symmetric
+        self.algo = recipe.algo
         self.hqq_iters = hqq_iters
 
     @property
@@ -93,11 +82,9 @@ class NBitsLinear:
 
     def matmul(self, g: GraphBuilder, x: str, tensors: list[str], in_features: int, out_features: int,
                stem: str) -> str:
-        out = g.op("MatMulNBits", [x, *tensors], name=f"{stem}/MatMulNBits", domain=MS_DOMAIN, K=in_features,
-                   N=out_features, bits=self.bits, block_size=self.block_size,
-                   accuracy_level=self.accuracy_level)  # (..., N)
-        assert isinstance(out, str)
-        return out
+        return g.op("MatMulNBits", [x, *tensors], name=f"{stem}/MatMulNBits", domain=MS_DOMAIN, K=in_features,
+                    N=out_features, bits=self.bits, block_size=self.block_size,
+                    accuracy_level=self.accuracy_level)  # (..., N)
 
     def quantize(self, w: np.ndarray) -> QuantizedBlocks:
         """One (rows, K) float32 chunk, quantized as this layer's recipe says."""

@@ -1,0 +1,114 @@
+"""One export, start to finish: request -> checked options -> staged folder -> graph, companions, gate, manifest.
+
+    ExportRequest ─► decide_recipe ─► staged_artifact(output) ─┬─► export_graph (model.onnx + .data)
+                                                               ├─► tokenizer files, genai_config.json
+                                                               ├─► accuracy gate (vs a reference export)
+                                                               └─► manifest.json (hashes everything else) ─► rename
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from phi3_edge import io_spec
+from phi3_edge.errors import Phi3EdgeError
+from phi3_edge.exporter.artifact import StageCallback, staged_artifact
+from phi3_edge.exporter.build import GraphStats, export_graph, model_shape
+from phi3_edge.exporter.checkpoint import Checkpoint, resolve_checkpoint
+from phi3_edge.exporter.config import Phi3Spec, load_spec
+from phi3_edge.exporter.genai_config import copy_tokenizer_files, write_genai_config
+from phi3_edge.exporter.progress import export_progress
+from phi3_edge.exporter.request import ExportRequest, ExportResult
+from phi3_edge.manifest import build_manifest, source_record, write_manifest
+from phi3_edge.quantize.recipe import QuantRecipe, check_options, decide_recipe
+from phi3_edge.targets.table import REFERENCE_TARGET, Target
+
+ReferenceExporter = Callable[[str, Path], None]  # (checkpoint folder, output folder): the gate's reference
+Gate = Callable[[Path], dict[str, Any]]
+
+
+def export_artifact(request: ExportRequest, target: Target, export_reference: ReferenceExporter,
+                    on_stage: StageCallback | None = None) -> ExportResult:
+    """Bad options fail before the checkpoint is fetched, the recipe before any weight is read.
+
+    on_stage hears each point of exporter/artifact.py's STAGES as the export passes it (tests kill it there)."""
+    started = time.perf_counter()
+    check_options(target, request.quant)
+    if request.output is None:
+        raise Phi3EdgeError("an output folder is required (--output)")
+    output = request.output
+    checkpoint = resolve_checkpoint(request.model, require_tokenizer=request.require_tokenizer)
+    spec = load_spec(checkpoint.config_path)
+    recipe = decide_recipe(target, request.quant, model_shape(spec))
+    gate = _accuracy_gate(checkpoint, recipe.quantized, request, export_reference)
+    total_bytes = sum(path.stat().st_size for path in checkpoint.weight_files)
+    with staged_artifact(output, force=request.force, on_stage=on_stage) as folder:
+        with export_progress(total_bytes, spec.num_layers, request.progress) as hooks:
+            stats = export_graph(spec, target, checkpoint.weight_files, folder, recipe=recipe,
+                                 on_tensor=hooks.on_tensor, on_layer=hooks.on_layer, on_stage=on_stage)
+        # Inside staged_artifact: a failed accuracy gate deletes the staging folder, nothing reaches `output`.
+        measured = _write_companions(folder, checkpoint, spec, target, stats, recipe, gate)
+    size = sum(path.stat().st_size for path in output.iterdir() if path.is_file())
+    return ExportResult(output, target.name, size, stats.nodes, time.perf_counter() - started, stats.fused_rotary,
+                        measured, stats.ort_format)
+
+
+def _accuracy_gate(checkpoint: Checkpoint, quantized: bool, request: ExportRequest,
+                   export_reference: ReferenceExporter) -> Gate | None:
+    """The fidelity step of a quantized export, checked before any weight is read (None: not measured)."""
+    max_kl, measure = request.max_kl, request.fidelity
+    if max_kl is not None and (math.isnan(max_kl) or max_kl < 0):
+        raise Phi3EdgeError(f"--max-kl must be a non-negative number, got {max_kl}")
+    if max_kl is not None and not measure:
+        raise Phi3EdgeError("--max-kl needs the fidelity measurement; drop --no-fidelity")
+    if not quantized or not measure:
+        return None  # float weights: nothing quantized to gate (a --max-kl passes trivially)
+    if not any(path.name == "tokenizer.json" for path in checkpoint.tokenizer_files):
+        if max_kl is not None:
+            raise Phi3EdgeError("--max-kl: the accuracy gate tokenizes its prompts with the checkpoint's "
+                                "tokenizer.json, which it lacks (or pass --no-fidelity)", checkpoint.root)
+        return None
+    from phi3_edge.evaluate.gate import enforce_max_kl, measure_against_reference
+
+    def gate(candidate: Path) -> dict[str, Any]:
+        if request.progress is not False:
+            print(f"measuring fidelity against a {REFERENCE_TARGET} export of the same checkpoint", file=sys.stderr,
+                  flush=True)
+        # The reference goes inside the staging folder: on the output's filesystem, and swept with the staging
+        # folder by the next export if this process is killed mid-gate (nothing stale is left beside --output).
+        record = measure_against_reference(candidate, lambda folder: export_reference(str(checkpoint.root), folder),
+                                           scratch_parent=candidate)
+        enforce_max_kl(record, max_kl)
+        return {**record, "max_kl": max_kl}
+
+    return gate
+
+
+def _write_companions(folder: Path, checkpoint: Checkpoint, spec: Phi3Spec, target: Target, stats: GraphStats,
+                      recipe: QuantRecipe, gate: Gate | None) -> dict[str, Any] | None:
+    """Tokenizer files, genai_config.json, the accuracy gate (it runs the folder as it stands then) and, last,
+    manifest.json (it hashes everything else). Returns the fidelity record (None: not measured)."""
+    copy_tokenizer_files(checkpoint.tokenizer_files, folder)
+    write_genai_config(folder, spec, target)
+    fidelity = gate(folder) if gate is not None else None
+    signature = [asdict(s) for s in io_spec.decoder_inputs(spec.num_layers, spec.num_kv_heads, spec.head_dim,
+                                                             target.io_dtype)]
+    signature += [asdict(s) for s in io_spec.decoder_outputs(spec.num_layers, spec.num_kv_heads, spec.head_dim,
+                                                               spec.vocab_size, target.io_dtype)]
+    source = source_record(checkpoint.source, checkpoint.revision, checkpoint.root, checkpoint.all_files())
+    record = {"weights": target.weight_format, "io_dtype": target.io_dtype, "fused_rotary": stats.fused_rotary,
+              "graph_nodes": stats.nodes, "bits": target.bits, "block_size": target.block_size,
+              "accuracy_level": target.accuracy_level, "quant_algo": recipe.name, **stats.heads,
+              "quantization": recipe.to_json(), "ort_format": stats.ort_format}
+    rope_switch = spec.longrope.original_max_position_embeddings if spec.longrope else None
+    manifest = build_manifest(source=source, spec_json=spec.to_json(), target=asdict(target), recipe=record,
+                              io_signature=signature, artifact_dir=folder, rope_switch_length=rope_switch)
+    manifest["fidelity"] = fidelity
+    write_manifest(folder, manifest)
+    return fidelity

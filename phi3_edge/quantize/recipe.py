@@ -1,0 +1,189 @@
+"""Quantization as data: what every weight of an export becomes, decided once from the target and the options.
+
+    Target (table) ─┐
+    QuantOptions ───┼─► decide_recipe() ─► QuantRecipe ─► exporter (reads it)  and  manifest.json (records it)
+    ModelShape ─────┘
+
+A `LinearRecipe` is one MatMulNBits recipe (bits, block, accuracy level, zero points, algorithm); None stands
+for float weights. `QuantRecipe.for_tensor(name)` answers per checkpoint tensor, so overrides (mixed precision's
+int8 down projections) are data too. Nothing here reads weights or builds graphs: pure data and validation,
+importing only the target table and errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from phi3_edge.errors import Phi3EdgeError
+from phi3_edge.quantize.blockwise import check_bits_and_block
+from phi3_edge.quantize.mixed import down_proj_name, uses_more_bits
+from phi3_edge.targets.table import Target
+
+ALGOS = ("rtn", "hqq")
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 (MatMulNBits' accuracy_level attribute)
+HQQ_BITS = (2, 4)  # HQQ needs float zero points, which ORT 1.32's CPU kernel rejects with 8-bit weights
+LM_HEAD_CHOICES = ("float", "int8", "int4")
+EMBEDDING_CHOICES = ("float", "quantized")
+DEFAULT_BITS, DEFAULT_BLOCK = 4, 32  # a quantized head/table on a float target
+
+
+class RecipeError(Phi3EdgeError, ValueError):
+    """A recipe MatMulNBits (or the algorithm) cannot take: one line, raised before any weight is read."""
+
+
+@dataclass(frozen=True)
+class LinearRecipe:
+    """One MatMulNBits weight format. symmetric: no zero-point input (the kernel uses 2^(bits-1))."""
+
+    bits: int
+    block_size: int
+    accuracy_level: int = 0
+    symmetric: bool = True
+    algo: str = "rtn"
+
+    def __post_init__(self) -> None:
+        check_linear_recipe(self)
+
+    def describe(self) -> str:
+        return f"int{self.bits} MatMulNBits ({self.algo}, block {self.block_size})"
+
+
+def check_linear_recipe(recipe: LinearRecipe) -> None:
+    """RecipeError (a ValueError) for a recipe MatMulNBits or the algorithm cannot take."""
+    try:
+        check_bits_and_block(recipe.bits, recipe.block_size)
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+    if recipe.algo not in ALGOS:
+        raise RecipeError(f"unknown quantization algorithm {recipe.algo!r}; expected one of {', '.join(ALGOS)}")
+    if recipe.algo == "hqq" and recipe.symmetric:
+        raise RecipeError("HQQ optimises zero points: it is asymmetric by construction (symmetric=False)")
+    if recipe.algo == "hqq" and recipe.bits not in HQQ_BITS:
+        raise RecipeError(f"--quant-algo hqq is available for {HQQ_BITS} bits: its float zero points are rejected "
+                          f"by onnxruntime's CPU MatMulNBits at {recipe.bits} bits (use rtn)")
+    if recipe.accuracy_level not in ACCURACY_LEVELS:
+        raise RecipeError(f"accuracy_level must be one of {ACCURACY_LEVELS}, got {recipe.accuracy_level}")
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """What a user can ask for beyond the target (the CLI's --quant-algo, --mixed-precision, ...)."""
+
+    algo: str = "rtn"
+    mixed_precision: bool = False  # int8 down projections where int4 hurts most (quantize/mixed.py)
+    lm_head: str | None = None  # None: as the body | "float" | "int8" | "int4"
+    embeddings: str | None = None  # None: quantized iff tied and lm_head quantized | "float" | "quantized"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The few model facts the recipe depends on."""
+
+    num_layers: int
+    hidden_size: int
+    tied: bool  # lm_head reuses the embedding table
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """Every weight's format for one export, as applied (the manifest records exactly this)."""
+
+    body: LinearRecipe | None  # the decoder layers' Linears; None = float
+    overrides: tuple[tuple[str, LinearRecipe], ...] = ()  # checkpoint tensor name -> its own recipe
+    lm_head: LinearRecipe | None = None  # None = float MatMul
+    embeddings: LinearRecipe | None = None  # None = float Gather; else GatherBlockQuantized (always RTN)
+    shared_table: bool = False  # tied: lm_head's MatMulNBits reads the embedding table's initializers
+
+    def for_tensor(self, hf_name: str) -> LinearRecipe | None:
+        """The recipe of one body Linear weight, by its checkpoint name."""
+        return dict(self.overrides).get(hf_name, self.body)
+
+    @property
+    def quantized(self) -> bool:
+        return any(r is not None for r in (self.body, self.lm_head, self.embeddings))
+
+    @property
+    def name(self) -> str | None:
+        """manifest.json's short "quant_algo": rtn | hqq | rtn+int8-mixed; None for a float body."""
+        if self.body is None:
+            return None
+        return self.body.algo + ("+int8-mixed" if self.overrides else "")
+
+    def to_json(self) -> dict[str, object]:
+        def one(recipe: LinearRecipe | None) -> dict[str, object] | None:
+            return None if recipe is None else asdict(recipe)
+
+        return {"body": one(self.body), "overrides": {name: one(r) for name, r in self.overrides},
+                "lm_head": one(self.lm_head), "embeddings": one(self.embeddings), "shared_table": self.shared_table}
+
+
+def check_options(target: Target, options: QuantOptions) -> None:
+    """Everything decide_recipe would reject without knowing the model: call it before fetching a checkpoint."""
+    _body(target, options)
+    _lm_head(target, options, None)
+    if options.embeddings not in (None, *EMBEDDING_CHOICES):
+        raise RecipeError(f"--embeddings must be one of {', '.join(EMBEDDING_CHOICES)}, got {options.embeddings!r}")
+
+
+def decide_recipe(target: Target, options: QuantOptions, model: ModelShape) -> QuantRecipe:
+    """The one place that decides what each weight becomes (RecipeError for a combination that cannot work)."""
+    check_options(target, options)
+    body = _body(target, options)
+    head = _lm_head(target, options, body)
+    table = _table(target, options, model, head)
+    shared = table is not None and model.tied and head is not None
+    return QuantRecipe(body, _mixed_overrides(target, options, model, body), table if shared else head, table, shared)
+
+
+def _body(target: Target, options: QuantOptions) -> LinearRecipe | None:
+    if options.algo not in ALGOS:
+        raise RecipeError(f"unknown quantization algorithm {options.algo!r}; valid: {', '.join(ALGOS)}")
+    if target.bits is None:
+        return None
+    if target.block_size is None:
+        raise RecipeError(f"target {target.name}: a {target.bits}-bit format needs a block_size")
+    # HQQ tunes zero points, so it writes them even for a target whose RTN recipe is symmetric.
+    return LinearRecipe(target.bits, target.block_size, target.accuracy_level or 0,
+                        target.symmetric and options.algo == "rtn", options.algo)
+
+
+def _mixed_overrides(target: Target, options: QuantOptions, model: ModelShape,
+                     body: LinearRecipe | None) -> tuple[tuple[str, LinearRecipe], ...]:
+    """Mixed precision applies to a body narrower than 8 bits; HQQ's float zero points do not exist at 8 bits."""
+    if not options.mixed_precision or body is None or body.bits >= 8:
+        return ()
+    wide = LinearRecipe(8, body.block_size, body.accuracy_level, target.symmetric, "rtn")
+    return tuple((down_proj_name(layer), wide) for layer in range(model.num_layers)
+                 if uses_more_bits(layer, model.num_layers))
+
+
+def _lm_head(target: Target, options: QuantOptions, body: LinearRecipe | None) -> LinearRecipe | None:
+    choice = options.lm_head
+    if choice is None:
+        return body
+    if choice not in LM_HEAD_CHOICES:
+        raise RecipeError(f"--lm-head must be one of {', '.join(LM_HEAD_CHOICES)}, got {choice!r}")
+    if choice == "float":
+        return None
+    return LinearRecipe(int(choice.removeprefix("int")), target.block_size or DEFAULT_BLOCK,
+                        target.accuracy_level or 0, target.symmetric, "rtn")
+
+
+def _table(target: Target, options: QuantOptions, model: ModelShape,
+           head: LinearRecipe | None) -> LinearRecipe | None:
+    """The embedding table: quantized when asked, or by default when tied to a quantized lm_head (stored once).
+
+    GatherBlockQuantized takes no float zero points, so tables are always RTN-rounded; its 2-D view of the
+    codes needs whole blocks per row (padding would change the gathered width).
+    """
+    wanted = options.embeddings == "quantized" or (options.embeddings is None and model.tied and head is not None)
+    if not wanted:
+        return None
+    bits = head.bits if head is not None else (target.bits or DEFAULT_BITS)
+    block = head.block_size if head is not None else (target.block_size or DEFAULT_BLOCK)
+    if model.hidden_size % block:
+        if options.embeddings == "quantized":
+            raise RecipeError(f"cannot quantize the embeddings: hidden size {model.hidden_size} is not a "
+                              f"multiple of the block size {block}")
+        return None
+    return LinearRecipe(bits, block, target.accuracy_level or 0, target.symmetric, "rtn")
