@@ -9,8 +9,8 @@ offers it (Linux), so `output` is the old or the new artifact at every instant, 
 two renames leave a moment with no `output`; the old artifact then waits in a trash sibling, and the next
 export puts it back if the process died in between.
 
-`pause_for_tests` is a TEST-ONLY hook (PHI3_EDGE_TEST_PAUSE_AT=<stage>): the exporter stops at a named point
-so tests/exporter/test_atomic.py can kill a real `phi3-edge export` there. It does nothing unless set.
+An export reports the points it passes to an optional `on_stage` callback (STAGES, in order; the caller
+injects it): tests/exporter/test_atomic.py pauses a real `phi3-edge export` at one and kills it there.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import os
 import secrets
 import shutil
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,16 +34,17 @@ _TRASH = "trash"  # .{name}.trash-<pid>-<random>: the replaced artifact, between
 # Write failures that mean "no room": a full disk, a quota, or a file size limit (RLIMIT_FSIZE, FAT32's 4 GiB).
 _NO_ROOM = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
 
-PAUSE_ENV = "PHI3_EDGE_TEST_PAUSE_AT"  # test-only: the stage name to stop at
-PAUSE_FILE_ENV = "PHI3_EDGE_TEST_PAUSE_FILE"  # test-only: touched (with our pid) when the pause begins
-PAUSE_STAGES = ("staged", "headers", "weights", "complete", "swapped", "between-renames")
-_PAUSE_SECONDS = 60.0  # long enough for a test to signal us; bounded so a forgotten variable cannot hang CI
+StageCallback = Callable[[str], None]  # called with each stage name as the export passes it
+# staged: empty staging folder made; headers: checkpoint headers read (WeightStore); weights: first tensor in
+# model.onnx.data (TensorWriter); complete: staging folder filled; swapped / between-renames: replacing --force.
+STAGES = ("staged", "headers", "weights", "complete", "swapped", "between-renames")
 
 
 @contextmanager
-def staged_artifact(output: Path, *, force: bool) -> Iterator[Path]:
+def staged_artifact(output: Path, *, force: bool, on_stage: StageCallback | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder; on normal exit it becomes `output`, on any exception it is deleted."""
     output = Path(output)
+    stage = on_stage or _no_stage
     try:
         if output.parent.is_dir():  # sweep first: it may put back an artifact a killed --force run displaced
             sweep_stale(output)
@@ -55,12 +55,12 @@ def staged_artifact(output: Path, *, force: bool) -> Iterator[Path]:
     except OSError as exc:  # cannot even create the staging folder: a clean one-liner about the output
         raise ArtifactError(f"cannot prepare the output folder: {exc.strerror or exc}", output) from exc
     try:
-        pause_for_tests("staged")
+        stage("staged")
         yield staging
-        pause_for_tests("complete")
+        stage("complete")
         _check_replaceable(output, force)  # someone may have created it while we were exporting
         _fsync_tree(staging)
-        _move_into_place(staging, output)
+        _move_into_place(staging, output, stage)
     except BaseException as exc:  # KeyboardInterrupt too: never leave a partial folder behind
         shutil.rmtree(staging, ignore_errors=True)
         no_room = _no_room_error(exc)
@@ -69,18 +69,8 @@ def staged_artifact(output: Path, *, force: bool) -> Iterator[Path]:
         raise
 
 
-def pause_for_tests(stage: str) -> None:
-    """TEST-ONLY: sleep at `stage` when PHI3_EDGE_TEST_PAUSE_AT names it, so a test can kill us right there.
-
-    The pause announces itself by writing our pid to PHI3_EDGE_TEST_PAUSE_FILE (when set). Unset (always, in
-    real use) this is one dictionary lookup.
-    """
-    if os.environ.get(PAUSE_ENV) != stage:
-        return
-    marker = os.environ.get(PAUSE_FILE_ENV)
-    if marker:
-        Path(marker).write_text(str(os.getpid()), encoding="utf-8")
-    time.sleep(_PAUSE_SECONDS)
+def _no_stage(stage: str) -> None:
+    pass
 
 
 def sweep_stale(output: Path) -> list[Path]:
@@ -115,7 +105,7 @@ def _check_replaceable(output: Path, force: bool) -> None:
         raise ArtifactError("already exists; pass --force to replace it", output)
 
 
-def _move_into_place(staging: Path, output: Path) -> None:
+def _move_into_place(staging: Path, output: Path, stage: StageCallback) -> None:
     if output.is_dir() and not any(output.iterdir()):
         output.rmdir()
     if not output.exists():
@@ -124,14 +114,14 @@ def _move_into_place(staging: Path, output: Path) -> None:
         return
     if _exchange(staging, output):  # one atomic swap: `staging` now holds the old artifact
         _fsync_dir(output.parent)
-        pause_for_tests("swapped")
+        stage("swapped")
         shutil.rmtree(staging, ignore_errors=True)  # if killed here, sweep_stale removes it next time
         return
     # Two renames: there is a moment with no `output`, but never one with a mixed or partial `output`.
     trash = _sibling(output, _TRASH)
     os.rename(output, trash)
     try:
-        pause_for_tests("between-renames")
+        stage("between-renames")
         os.rename(staging, output)
     except BaseException:
         os.rename(trash, output)  # put the old artifact back rather than leave nothing

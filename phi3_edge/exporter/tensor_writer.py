@@ -15,7 +15,7 @@ import numpy as np
 from onnx import TensorProto
 
 from phi3_edge.errors import ArtifactError
-from phi3_edge.exporter.artifact import pause_for_tests
+from phi3_edge.exporter.artifact import StageCallback
 from phi3_edge.exporter.graph import ONNX_DTYPES
 
 # Page-aligned tensors let ORT memory-map external data instead of copying it.
@@ -25,8 +25,9 @@ SMALL_TENSOR_BYTES = 64 * 1024
 
 
 class TensorWriter:
-    def __init__(self, data_path: Path) -> None:
+    def __init__(self, data_path: Path, on_stage: StageCallback | None = None) -> None:
         self.data_path = data_path
+        self._on_stage = on_stage
         self.location = data_path.name
         self._handle = data_path.open("wb")
         self._offset = 0
@@ -38,7 +39,7 @@ class TensorWriter:
             os.fsync(self._handle.fileno())
             self._handle.close()
 
-    def __enter__(self) -> "TensorWriter":
+    def __enter__(self) -> TensorWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -60,8 +61,8 @@ class TensorWriter:
         if self._offset - start != expected:
             raise ValueError(f"{name}: wrote {self._offset - start} bytes, expected {expected}")
         self.tensors_written += 1
-        if self.tensors_written == 1:
-            pause_for_tests("weights")  # test-only hook: model.onnx.data is half written
+        if self.tensors_written == 1 and self._on_stage is not None:
+            self._on_stage("weights")  # model.onnx.data is half written
         return external_tensor(name, dims, ONNX_DTYPES[dtype], self.location, start, expected)
 
     def _pad_to(self, alignment: int) -> None:

@@ -1,7 +1,7 @@
 """Atomic exports, proven on real `phi3-edge export` processes killed at named points.
 
-The exporter's test-only hook (PHI3_EDGE_TEST_PAUSE_AT=<stage>, phi3_edge/exporter/artifact.py) makes it sleep
-at a stage and announce it through PHI3_EDGE_TEST_PAUSE_FILE; we then SIGKILL or SIGINT it there and check
+paused_export.py runs the CLI with an `on_stage` callback (exporter/artifact.py's STAGES) that sleeps at one
+stage and announces it through a marker file; we then SIGKILL or SIGINT it there and check
 that nothing at --output looks complete (or that the artifact --force was replacing is untouched), and that
 the same command run again succeeds. A full disk is simulated with RLIMIT_FSIZE.
 """
@@ -22,12 +22,13 @@ import pytest
 
 from phi3_edge.errors import ArtifactError
 from phi3_edge.exporter import artifact
-from phi3_edge.exporter.artifact import PAUSE_ENV, PAUSE_FILE_ENV, staged_artifact
+from phi3_edge.exporter.artifact import STAGES, staged_artifact
 from phi3_edge.integrity import check_artifact
 from phi3_edge.manifest import build_manifest, read_manifest, write_manifest
 
 PAUSE_TIMEOUT = 60.0  # seconds to reach a stage; an export of the tiny checkpoint takes about one
 FRESH_STAGES = ("staged", "headers", "weights", "complete")
+PAUSED_EXPORT = Path(__file__).with_name("paused_export.py")
 
 
 def cli() -> list[str]:
@@ -48,8 +49,9 @@ def default_sigint() -> None:
 
 
 def start_paused(args: list[str], stage: str, marker: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, PAUSE_ENV: stage, PAUSE_FILE_ENV: str(marker)}
-    child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    """`args` (a CLI command line, see export_args) run by paused_export.py, which stops at `stage`."""
+    paused = [sys.executable, str(PAUSED_EXPORT), stage, str(marker), *args[len(cli()):]]
+    child = subprocess.Popen(paused, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=default_sigint)
     deadline = time.monotonic() + PAUSE_TIMEOUT
     while not marker.exists():
@@ -165,12 +167,27 @@ def test_full_disk_is_one_line_and_leaves_nothing(tiny_checkpoint, old_artifact,
     run_ok(args)  # with room again, the same command succeeds
 
 
-def test_pause_hook_is_inert_without_the_variable(monkeypatch) -> None:
-    monkeypatch.delenv(PAUSE_ENV, raising=False)
-    started = time.monotonic()
-    for stage in artifact.PAUSE_STAGES:
-        artifact.pause_for_tests(stage)
-    assert time.monotonic() - started < 0.1
+def test_stages_are_reported_in_order_to_the_injected_callback(tmp_path) -> None:
+    seen: list[str] = []
+    output = tmp_path / "out"
+    with staged_artifact(output, force=False, on_stage=seen.append) as staging:
+        assert seen == ["staged"]
+        fill_minimal(staging)
+    assert seen == ["staged", "complete"]
+    seen.clear()
+    with staged_artifact(output, force=True, on_stage=seen.append) as staging:
+        fill_minimal(staging)
+    # One atomic exchange where the OS offers it, else two renames: either way, one replace stage last.
+    assert seen[:2] == ["staged", "complete"] and seen[2:] in (["swapped"], ["between-renames"])
+    assert set(seen) <= set(STAGES)
+    with staged_artifact(tmp_path / "quiet", force=False) as staging:  # no callback: nothing to call
+        fill_minimal(staging)
+
+
+def fill_minimal(folder: Path) -> None:
+    (folder / "model.onnx").write_text("graph")
+    write_manifest(folder, build_manifest(source={}, spec_json={}, target={}, recipe={}, io_signature=[],
+                                          artifact_dir=folder, rope_switch_length=None))
 
 
 def test_no_room_errors_are_found_behind_a_writer_s_own_error(tmp_path) -> None:
