@@ -15,10 +15,10 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from phi3_edge.artifact_contract import ORT_FILE
+from phi3_edge.artifact_contract import REQUIRED_OPERATORS_FILE as OPS_CONFIG_FILE
 from phi3_edge.errors import ArtifactError
 
-ORT_FILE = "model.ort"
-OPS_CONFIG_FILE = "required_operators.config"
 FLATBUFFER_LIMIT_BYTES = 2**31 - 1
 
 
