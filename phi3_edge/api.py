@@ -86,12 +86,25 @@ def run_export(request: ExportRequest, *, on_stage: Callable[[str], None] | None
     STAGES), for tests that interrupt an export at a known point."""
     from phi3_edge.exporter.pipeline import export_artifact
 
-    def export_reference(model: str, folder: Path) -> None:
-        """The accuracy gate's reference: the same checkpoint on the reference target, silently."""
-        run_export(replace(request, model=model, target=REFERENCE_TARGET, output=folder, force=False,
+    def measure(candidate: Path, checkpoint: Path) -> dict[str, Any]:
+        return _measure_fidelity(request, candidate, checkpoint)
+
+    return export_artifact(request, get_target(request.target), measure, on_stage)
+
+
+def _measure_fidelity(request: ExportRequest, candidate: Path, checkpoint: Path) -> dict[str, Any]:
+    """The accuracy gate: `candidate` against a reference-target export of the same checkpoint."""
+    from phi3_edge.evaluate.gate import enforce_max_kl, measure_against_reference
+
+    def export_reference(folder: Path) -> None:
+        run_export(replace(request, model=str(checkpoint), target=REFERENCE_TARGET, output=folder, force=False,
                            progress=False, quant=QuantOptions(), max_kl=None))
 
-    return export_artifact(request, get_target(request.target), export_reference, on_stage)
+    # The reference goes inside the staging folder: on the output's filesystem, and swept with the staging
+    # folder by the next export if this process is killed mid-gate (nothing stale is left beside --output).
+    record = measure_against_reference(candidate, export_reference, scratch_parent=candidate)
+    enforce_max_kl(record, request.max_kl)
+    return {**record, "max_kl": request.max_kl}
 
 
 def load(folder: str | Path, *, intra_op_threads: int | None = None, backend: str = "ort",

@@ -29,11 +29,13 @@ from phi3_edge.manifest import build_manifest, source_record, write_manifest
 from phi3_edge.quantize.recipe import QuantRecipe, check_options, decide_recipe
 from phi3_edge.targets.table import REFERENCE_TARGET, Target
 
-ReferenceExporter = Callable[[str, Path], None]  # (checkpoint folder, output folder): the gate's reference
+# The accuracy gate, injected by the caller (evaluate/ is the runtime side; the exporter does not import it):
+# (candidate folder, checkpoint folder) -> manifest.json's "fidelity" record; raises when the gate fails.
+MeasureFidelity = Callable[[Path, Path], dict[str, Any]]
 Gate = Callable[[Path], dict[str, Any]]
 
 
-def export_artifact(request: ExportRequest, target: Target, export_reference: ReferenceExporter,
+def export_artifact(request: ExportRequest, target: Target, measure: MeasureFidelity,
                     on_stage: StageCallback | None = None) -> ExportResult:
     """Bad options fail before the checkpoint is fetched, the recipe before any weight is read.
 
@@ -46,7 +48,7 @@ def export_artifact(request: ExportRequest, target: Target, export_reference: Re
     checkpoint = resolve_checkpoint(request.model, require_tokenizer=request.require_tokenizer)
     spec = load_spec(checkpoint.config_path)
     recipe = decide_recipe(target, request.quant, model_shape(spec))
-    gate = _accuracy_gate(checkpoint, recipe.quantized, request, export_reference)
+    gate = _accuracy_gate(checkpoint, recipe.quantized, request, measure)
     total_bytes = sum(path.stat().st_size for path in checkpoint.weight_files)
     with staged_artifact(output, force=request.force, on_stage=on_stage) as folder:
         with export_progress(total_bytes, spec.num_layers, request.progress) as hooks:
@@ -60,32 +62,26 @@ def export_artifact(request: ExportRequest, target: Target, export_reference: Re
 
 
 def _accuracy_gate(checkpoint: Checkpoint, quantized: bool, request: ExportRequest,
-                   export_reference: ReferenceExporter) -> Gate | None:
+                   measure: MeasureFidelity) -> Gate | None:
     """The fidelity step of a quantized export, checked before any weight is read (None: not measured)."""
-    max_kl, measure = request.max_kl, request.fidelity
+    max_kl = request.max_kl
     if max_kl is not None and (math.isnan(max_kl) or max_kl < 0):
         raise Phi3EdgeError(f"--max-kl must be a non-negative number, got {max_kl}")
-    if max_kl is not None and not measure:
+    if max_kl is not None and not request.fidelity:
         raise Phi3EdgeError("--max-kl needs the fidelity measurement; drop --no-fidelity")
-    if not quantized or not measure:
+    if not quantized or not request.fidelity:
         return None  # float weights: nothing quantized to gate (a --max-kl passes trivially)
     if not any(path.name == "tokenizer.json" for path in checkpoint.tokenizer_files):
         if max_kl is not None:
             raise Phi3EdgeError("--max-kl: the accuracy gate tokenizes its prompts with the checkpoint's "
                                 "tokenizer.json, which it lacks (or pass --no-fidelity)", checkpoint.root)
         return None
-    from phi3_edge.evaluate.gate import enforce_max_kl, measure_against_reference
 
     def gate(candidate: Path) -> dict[str, Any]:
         if request.progress is not False:
             print(f"measuring fidelity against a {REFERENCE_TARGET} export of the same checkpoint", file=sys.stderr,
                   flush=True)
-        # The reference goes inside the staging folder: on the output's filesystem, and swept with the staging
-        # folder by the next export if this process is killed mid-gate (nothing stale is left beside --output).
-        record = measure_against_reference(candidate, lambda folder: export_reference(str(checkpoint.root), folder),
-                                           scratch_parent=candidate)
-        enforce_max_kl(record, max_kl)
-        return {**record, "max_kl": max_kl}
+        return measure(candidate, checkpoint.root)
 
     return gate
 
