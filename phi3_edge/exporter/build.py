@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 
+from phi3_edge.artifact_contract import DATA_FILE, MODEL_FILE
 from phi3_edge.errors import CheckpointError
 from phi3_edge.exporter.blocks.recipe_linear import RecipeLinear
 from phi3_edge.exporter.config import Phi3Spec
@@ -22,8 +23,6 @@ from phi3_edge.exporter.weights import WeightStore
 from phi3_edge.quantize.recipe import ModelShape, QuantOptions, QuantRecipe, decide_recipe
 from phi3_edge.targets.table import Target
 
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
 WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 

@@ -19,16 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from phi3_edge import io_spec
+from phi3_edge.artifact_contract import (
+    GENAI_CONFIG_FILE,
+    MODEL_FILE,
+    STOP_TOKENS,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+)
 from phi3_edge.errors import CheckpointError
 from phi3_edge.exporter.config import Phi3Spec
 from phi3_edge.targets.table import Target
 
-GENAI_CONFIG_NAME = "genai_config.json"
-MODEL_FILENAME = "model.onnx"
+GENAI_CONFIG_NAME = GENAI_CONFIG_FILE
+MODEL_FILENAME = MODEL_FILE
 MODEL_TYPE = "phi3"  # onnxruntime-genai's name for the whole family (mini, medium, 3.5-mini, 4-mini)
-# Tokens that end a turn or the text in the Phi-3 family; config.json often names only <|endoftext|>.
-EOS_TOKENS = ("<|endoftext|>", "<|end|>")
-TOKENIZER_CONFIG = "tokenizer_config.json"
+EOS_TOKENS = STOP_TOKENS  # config.json often names only <|endoftext|>; see artifact_contract
+TOKENIZER_CONFIG = TOKENIZER_CONFIG_FILE
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
@@ -150,14 +156,14 @@ def collect_eos_token_ids(folder: Path) -> list[int]:
 
 def eos_token_ids_from_tokenizer(folder: Path) -> list[int]:
     """Ids of <|endoftext|> and <|end|> among tokenizer.json's added tokens (empty if absent)."""
-    added = _added_tokens(_read_json(Path(folder) / "tokenizer.json") or {})
+    added = _added_tokens(_read_json(Path(folder) / TOKENIZER_FILE) or {})
     return [added[token] for token in EOS_TOKENS if token in added]
 
 
 def special_token_ids(folder: Path) -> dict[str, int]:
     """{"bos": id, "pad": id} for the tokens tokenizer_config.json names, looked up in tokenizer.json."""
     config = _read_json(Path(folder) / TOKENIZER_CONFIG) or {}
-    tokenizer = _read_json(Path(folder) / "tokenizer.json") or {}
+    tokenizer = _read_json(Path(folder) / TOKENIZER_FILE) or {}
     vocab = {**_model_vocab(tokenizer), **_added_tokens(tokenizer)}
     ids: dict[str, int] = {}
     for role in ("bos", "pad"):
