@@ -8,16 +8,21 @@ post-processor (add_special_tokens=False), as transformers does: the template al
 
 from __future__ import annotations
 
+import ctypes
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from phi3_edge.artifact_contract import TOKENIZER_CONFIG_FILE as TOKENIZER_CONFIG
 from phi3_edge.errors import ArtifactError, Phi3EdgeError
 
-TOKENIZER_CONFIG = "tokenizer_config.json"
 Message = Mapping[str, Any]  # {"role": "system" | "user" | "assistant", "content": str}
+JINJA2_FLOOR = (3, 1, 6)  # the first release without a known sandbox escape (|attr('format'), 3.1.5)
+RENDER_SECONDS = 5.0  # a Phi-3 template renders a long conversation in milliseconds
+MAX_RENDER_CHARS = 8 * 2**20  # far past any context window's worth of text
 _NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")  # transformers' special_tokens_map keys
 
 
@@ -44,11 +49,57 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         _check_messages(messages)
+        variables = {"messages": [dict(m) for m in messages], "add_generation_prompt": add_generation_prompt,
+                     **self._special_tokens}
+        return bounded_render(self._template, variables, self._origin)
+
+
+class _RenderStopped(Exception):
+    """Raised inside a runaway render (by the watchdog, or when the output outgrows MAX_RENDER_CHARS)."""
+
+
+def bounded_render(template: Any, variables: dict[str, Any], origin: Path, *,
+                   seconds: float | None = None, max_chars: int = MAX_RENDER_CHARS) -> str:
+    """template.render(**variables) in a worker thread, stopped after `seconds` or `max_chars` of output.
+
+    A chat template is code from the artifact: `{% for i in range(10**5) %}{% for j in range(10**5) %}` runs
+    10^10 steps inside the sandbox, which bounds ranges but not time. The worker consumes the template's
+    output stream (so the size is checked as it grows); past the deadline the caller gives up and the
+    worker is stopped with an asynchronous exception, which CPython delivers between the bytecodes of the
+    template's loops.
+    """
+    seconds = RENDER_SECONDS if seconds is None else seconds
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        pieces, size = [], 0
         try:
-            return self._template.render(messages=[dict(m) for m in messages],
-                                         add_generation_prompt=add_generation_prompt, **self._special_tokens)
-        except Exception as exc:  # jinja2's TemplateError, or a template's raise_exception()
-            raise Phi3EdgeError(f"chat template failed: {exc}", self._origin) from exc
+            for piece in template.generate(**variables):
+                pieces.append(piece)
+                size += len(piece)
+                if size > max_chars:
+                    raise _RenderStopped(f"its output passed {max_chars} characters")
+            outcome["text"] = "".join(pieces)
+        except BaseException as exc:  # noqa: BLE001  (reported to the caller, never raised in the worker)
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="chat-template", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident or 0),
+                                                   ctypes.py_object(_RenderStopped))
+        worker.join(1.0)
+        raise Phi3EdgeError(f"chat template did not finish within {seconds:g} s; refusing it", origin)
+    error = outcome.get("error")
+    if isinstance(error, _RenderStopped):
+        raise Phi3EdgeError(f"chat template stopped: {error}", origin)
+    if isinstance(error, (MemoryError, RecursionError)):
+        raise Phi3EdgeError(f"chat template stopped: {type(error).__name__}", origin)
+    if error is not None:  # jinja2's TemplateError / SecurityError, or a template's raise_exception()
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise Phi3EdgeError(f"chat template failed: {first}", origin) from error
+    return str(outcome["text"])
 
 
 def _template_source(value: Any) -> str | None:
@@ -90,6 +141,10 @@ def _compile(source: str, origin: Path) -> Any:
     except ImportError:
         raise Phi3EdgeError("chat templates need jinja2 (pip install jinja2)") from None
 
+    if _version(jinja2.__version__) < JINJA2_FLOOR:  # older sandboxes have known escapes (CVE-2025-27516)
+        raise Phi3EdgeError(f"jinja2 {jinja2.__version__} has known sandbox escapes; chat templates need "
+                            f"jinja2>={'.'.join(map(str, JINJA2_FLOOR))} (pip install -U jinja2)")
+
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
@@ -99,8 +154,23 @@ def _compile(source: str, origin: Path) -> Any:
         return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)
 
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        """The sandbox, with `*` and `**` unable to build a gigabyte string or number in one step."""
+
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "**" and isinstance(right, int) and abs(right) > 4096:
+                raise jinja2.exceptions.SecurityError("exponent too large")
+            if operator == "*":
+                sized, count = (left, right) if isinstance(right, int) else (right, left)
+                if isinstance(sized, (str, list, tuple)) and isinstance(count, int) \
+                        and len(sized) * count > MAX_RENDER_CHARS:
+                    raise jinja2.exceptions.SecurityError("repetition too large")
+            return super().call_binop(context, operator, left, right)
+
     # Sandboxed: a chat template is code that arrived with downloaded model files.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -108,6 +178,14 @@ def _compile(source: str, origin: Path) -> Any:
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as exc:
         raise ArtifactError(f"chat_template is not valid jinja ({exc})", origin) from None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    numbers = []
+    for part in text.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        numbers.append(int(digits) if digits else 0)
+    return tuple(numbers)
 
 
 def fit_conversation(messages: Sequence[Message], encode: Callable[[Sequence[Message]], list[int]],
