@@ -24,10 +24,11 @@ import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from phi3_edge.artifact_contract import GENAI_CONFIG_FILE as GENAI_CONFIG
+from phi3_edge.artifact_contract import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from phi3_edge.onnx_wire import ORT_MEMORY_TAG, WireError, read_graph_io
 
-GENAI_CONFIG = "genai_config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, "special_tokens_map.json", "generation_config.json",
                    "added_tokens.json")
 MAX_JSON_BYTES = 256 * 2**20  # tokenizer.json of a 256k vocabulary is ~20 MB; genai_config.json is ~2 KB
 MAX_JSON_DEPTH = 64  # ours nest 5 deep, tokenizer.json 6; Python's json recurses once per level

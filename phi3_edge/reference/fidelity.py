@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from phi3_edge.artifact_contract import TOKENIZER_FILE
 from phi3_edge.errors import ArtifactError, Phi3EdgeError
 from phi3_edge.evaluate.fidelity import DEFAULT_WINDOW, FidelityReport, windows
 from phi3_edge.evaluate.texts import PROMPTS
@@ -24,7 +25,7 @@ from phi3_edge.reference.artifact_side import ArtifactSide
 from phi3_edge.reference.checkpoint_side import CheckpointSide
 from phi3_edge.reference.streamed import compare
 
-TOKENIZER_NAME = "tokenizer.json"
+TOKENIZER_NAME = TOKENIZER_FILE
 
 
 def compare_to_checkpoint(spec: Phi3Spec, weight_files: Sequence[Path], artifact: str | Path, *,
