@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from fixtures.reference import ort_incremental
 from safetensors.numpy import load_file, save_file
 
+from fixtures.reference import ort_incremental
 from phi3_edge.api import export
 from phi3_edge.exporter.config import load_spec
 from phi3_edge.quantize.blockwise import dequantize, quantize_rtn

@@ -8,8 +8,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from phi3_edge.quantize.blockwise import (
-    QuantizedBlocks, dequantize, n_blocks, pack_weights, pack_zero_points, quantize_hqq, quantize_rtn,
-    unpack_weights, unpack_zero_points,
+    QuantizedBlocks,
+    dequantize,
+    n_blocks,
+    pack_weights,
+    pack_zero_points,
+    quantize_hqq,
+    quantize_rtn,
+    unpack_weights,
+    unpack_zero_points,
 )
 
 

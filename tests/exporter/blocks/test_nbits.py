@@ -1,4 +1,5 @@
-"""NBitsLinear (exporter/blocks/nbits.py) end to end: a tiny safetensors weight -> streamed MatMulNBits initializers -> onnxruntime."""
+"""NBitsLinear (exporter/blocks/nbits.py) end to end: a tiny safetensors weight -> streamed MatMulNBits
+initializers -> onnxruntime."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from fixtures.reference import ort_incremental
 from safetensors.numpy import load_file, save_file
 
+from fixtures.reference import ort_incremental
 from phi3_edge.exporter.blocks.nbits import NBitsLinear
 from phi3_edge.exporter.build import export_graph, model_shape
 from phi3_edge.exporter.config import Phi3Spec, load_spec
@@ -44,7 +45,8 @@ def export_linear(folder: Path, io_dtype: str = "float32", chunk_rows: int = 7,
         # a few rows per chunk: the packed codes, scales and zero points must survive being streamed in pieces
         source = WeightSource(store, writer, float_dtype=io_dtype, chunk_bytes=4 * K * chunk_rows,
                               on_tensor=lambda name, nbytes: reports.append((name, nbytes)))
-        out = NBitsLinear(source, LinearRecipe(**recipe))(g, "x", NAME, K, out_features, rows=rows, label="q" if rows else None)
+        linear = NBitsLinear(source, LinearRecipe(**recipe))  # type: ignore[arg-type]
+        out = linear(g, "x", NAME, K, out_features, rows=rows, label="q" if rows else None)
     g.rename_value(out, "y")
     model = g.model([value_info("x", io_dtype, ["batch", "seq", K])], [value_info("y", io_dtype,
                                                                                 ["batch", "seq", out_features])])
