@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import onnx
@@ -33,13 +33,15 @@ class GraphBuilder:
         count = self._names[hint]
         return hint if count == 1 else f"{hint}_{count - 1}"
 
+    # Typed by overloads: no `outputs` -> one name; `outputs=2` or a list of names -> a tuple (a one-name list
+    # returns that name at runtime; callers that pass one ignore the result).
+    @overload
+    def op(self, op_type: str, inputs: Sequence[str], *, name: str | None = None,
+           outputs: int | Sequence[str], domain: str = "", **attrs: object) -> tuple[str, ...]: ...
+
     @overload
     def op(self, op_type: str, inputs: Sequence[str], *, name: str | None = None, outputs: Literal[1] = 1,
            domain: str = "", **attrs: object) -> str: ...
-
-    @overload
-    def op(self, op_type: str, inputs: Sequence[str], *, name: str | None = None,  # type: ignore[overload-overlap]
-           outputs: int | Sequence[str], domain: str = "", **attrs: object) -> tuple[str, ...]: ...
 
     def op(
         self,
@@ -57,7 +59,7 @@ class GraphBuilder:
             output_names = [f"{node_name}/out{i}" if outputs > 1 else f"{node_name}/out" for i in range(outputs)]
         else:
             output_names = list(outputs)
-        attributes = {k: v for k, v in attrs.items() if v is not None}
+        attributes: dict[str, Any] = {k: v for k, v in attrs.items() if v is not None}
         self.nodes.append(helper.make_node(op_type, list(inputs), output_names, name=node_name, domain=domain,
                                            **attributes))
         return output_names[0] if len(output_names) == 1 else tuple(output_names)

@@ -37,7 +37,8 @@ def inverse_frequencies(spec: Phi3Spec, factors: Sequence[float] | None) -> np.n
     base_powers = np.power(np.float32(spec.rope_theta), exponents, dtype=np.float32)
     if factors is not None:
         base_powers = np.asarray(factors, dtype=np.float32) * base_powers
-    return (np.float32(1.0) / base_powers).astype(np.float32)
+    inverse: np.ndarray = (np.float32(1.0) / base_powers).astype(np.float32)
+    return inverse
 
 
 def cos_sin_tables(spec: Phi3Spec, length: int, factors: Sequence[float] | None,
@@ -83,9 +84,9 @@ def rotary_caches(g: GraphBuilder, spec: Phi3Spec, total_len: str, dtype: str,
     elem = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
     then_branch = _select_branch("rope_long", names[0], names[1], elem)
     else_branch = _select_branch("rope_short", names[2], names[3], elem)
-    cos, sin = g.op("If", [use_long], name="rope/select_caches", outputs=["cos_cache", "sin_cache"],
-                    then_branch=then_branch, else_branch=else_branch)
-    return cos, sin
+    cos_cache, sin_cache = g.op("If", [use_long], name="rope/select_caches", outputs=["cos_cache", "sin_cache"],
+                                then_branch=then_branch, else_branch=else_branch)
+    return cos_cache, sin_cache
 
 
 def _select_branch(name: str, cos: str, sin: str, elem: int) -> object:
