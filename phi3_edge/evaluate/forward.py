@@ -35,12 +35,13 @@ class ArtifactModel:
     the caller runs the reference, keeps its log-probabilities, closes it, then opens the candidate.
     """
 
-    def __init__(self, folder: str | Path, *, intra_op_threads: int | None = None) -> None:
+    def __init__(self, folder: str | Path, *, intra_op_threads: int | None = None, verify: bool = True) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ArtifactError("is not a folder", self.folder)
-        # Hashes and content checks, as `run` does: eval must not measure a graph from outside the folder.
-        self._guard = check_before_load(self.folder)
+        # Hashes (verify=False: the accuracy gate's own staging folder, before its manifest exists) and content
+        # checks, as `run` does: eval must not measure a graph from outside the folder.
+        self._guard = check_before_load(self.folder, verify=verify)
         self.config: DecoderConfig = read_decoder_config(self.folder)
         self.tokenizer = EdgeTokenizer.load(self.folder)
         self._threads = intra_op_threads
