@@ -103,19 +103,25 @@ class _ExportCommand(click.Command):
               help=f"Skip measuring a quantized export against {api.REFERENCE_TARGET} (recorded as null; for "
                    "huge models).")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the artifact path.")
-def export(model: str, target: str, output: str | None, force: bool, no_tokenizer: bool, quant_algo: str,
-           mixed_precision: bool, lm_head: str | None, embeddings: str | None, max_kl: float | None,
-           no_fidelity: bool, quiet: bool) -> None:
+def export(quiet: bool, **options: Any) -> None:
     """Export a Phi-3 checkpoint to an ONNX Runtime artifact folder."""
-    quant = api.QuantOptions(algo=quant_algo, mixed_precision=mixed_precision, lm_head=lm_head, embeddings=embeddings)
-    request = api.ExportRequest(model, target, None if output is None else Path(output), force=force,
-                                require_tokenizer=not no_tokenizer, progress=False if quiet else None, quant=quant,
-                                max_kl=max_kl, fidelity=not no_fidelity)
+    request = export_request(options, quiet=quiet)
     result = api.run_export(request)
     if quiet:
         click.echo(str(result.output))
         return
     _print_table("export finished", (), result.summary_rows())
+
+
+def export_request(options: dict[str, Any], *, quiet: bool = False) -> api.ExportRequest:
+    """click's `export` options -> the one frozen request (every option named once, here)."""
+    quant = api.QuantOptions(algo=options["quant_algo"], mixed_precision=options["mixed_precision"],
+                             lm_head=options["lm_head"], embeddings=options["embeddings"])
+    output = options["output"]
+    return api.ExportRequest(options["model"], options["target"], None if output is None else Path(output),
+                             force=options["force"], require_tokenizer=not options["no_tokenizer"],
+                             progress=False if quiet else None, quant=quant, max_kl=options["max_kl"],
+                             fidelity=not options["no_fidelity"])
 
 
 BACKEND_CHOICES = ("ort", "genai")
@@ -223,11 +229,11 @@ def chat(folder: str, system: str | None, truncate: bool, backend: str, no_verif
               help="Intra-op threads (default: physical cores for ort, logical CPUs / 2 for genai).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the files against manifest.json's hashes.")
-def bench(folder: str, prompt_len: int, gen_len: int, backend: str, bandwidth_mb: int, repeats: int,
-          threads: int | None, as_json: bool, no_verify: bool) -> None:
+def bench(folder: str, as_json: bool, no_verify: bool, **options: Any) -> None:
     """TTFT, prefill/decode tokens/s, peak RSS and decode roofline ratio of the model in DIR."""
-    report = api.bench(api.BenchRequest(Path(folder), prompt_len, gen_len, backend=backend, bandwidth_mb=bandwidth_mb,
-                                        repeats=repeats, threads=threads, verify=not no_verify))
+    request = api.BenchRequest(Path(folder), verify=not no_verify, **options)  # the options are its field names
+    report = api.bench(request)
+    prompt_len, gen_len = request.prompt_len, request.gen_len
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
         return

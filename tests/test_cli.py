@@ -131,3 +131,24 @@ def test_export_request_is_frozen_and_carries_the_quant_options() -> None:
     assert request.force and request.output == Path("out")
     with pytest.raises(AttributeError):
         request.force = False  # type: ignore[misc]
+
+
+def test_export_and_bench_build_one_frozen_request_for_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line only translates options: what api receives is the request the flags describe."""
+    seen: list[object] = []
+
+    def stop(request: object, **kwargs: object) -> None:
+        seen.append(request)
+        raise Phi3EdgeError("stopped here")
+
+    monkeypatch.setattr(api, "run_export", stop)
+    monkeypatch.setattr(api, "bench", stop)
+    result = _invoke("export", "-m", "demo", "-t", "cpu-int4", "-o", "out", "--quant-algo", "hqq",
+                     "--mixed-precision", "--lm-head", "int8", "--max-kl", "0.5", "--no-tokenizer", "--quiet")
+    assert result.exit_code == 1 and _one_line(result.stderr) == "error: stopped here"
+    assert seen[-1] == api.ExportRequest(
+        "demo", "cpu-int4", Path("out"), require_tokenizer=False, progress=False, max_kl=0.5,
+        quant=api.QuantOptions(algo="hqq", mixed_precision=True, lm_head="int8"))
+    result = _invoke("bench", "somewhere", "--prompt-len", "7", "--threads", "3", "--no-verify")
+    assert result.exit_code == 1
+    assert seen[-1] == api.BenchRequest(Path("somewhere"), prompt_len=7, threads=3, verify=False)
