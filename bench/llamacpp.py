@@ -198,10 +198,15 @@ def _bindings(llama: LlamaCpp) -> Any:
     return module
 
 
+_QUIET: Any = None
+
+
 def read_logits(llama: LlamaCpp, gguf: Path, sequences: list[list[int]], threads: int) -> list[np.ndarray]:
     """Logits (S, V) float32 at every position of each id sequence, one llama_decode per sequence."""
     lib = _bindings(llama)
-    lib.llama_log_set(lib.llama_log_callback(lambda *_: None), ctypes.c_void_p(0))  # its load log is long
+    global _QUIET  # the C side keeps the pointer: the callback object must outlive every libllama call
+    _QUIET = lib.llama_log_callback(lambda *_: None)
+    lib.llama_log_set(_QUIET, ctypes.c_void_p(0))  # its load log is long
     lib.llama_backend_init()
     model_params = lib.llama_model_default_params()
     model = lib.llama_model_load_from_file(str(gguf).encode(), model_params)
