@@ -44,7 +44,7 @@ def push_artifact(folder: str | Path, repo_id: str, *, private: bool = True, tok
     files = sorted(path for path in folder.rglob("*") if path.is_file() and path.name != CARD_FILE)
     try:
         from huggingface_hub import CommitOperationAdd, HfApi
-        from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
+        from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
     except ImportError:
         raise PushError("publishing needs huggingface_hub: pip install 'phi3-edge[export]'") from None
     hub = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"

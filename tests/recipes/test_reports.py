@@ -19,7 +19,8 @@ from phi3_edge.recipes.report import EXIT_TARGETS_FAILED, read_report, target_st
 
 def _report() -> BuildReport:
     ok = TargetResult("demo", "cpu-int4", "cpu-int4", "cpu", "/out/demo/cpu-int4", "passed", 12.5,
-                      (GateResult("export", "passed"), GateResult("accuracy", "passed", "KL 0.004 <= 0.05", 0.004, 0.05)),
+                      (GateResult("export", "passed"),
+                       GateResult("accuracy", "passed", "KL 0.004 <= 0.05", 0.004, 0.05)),
                       7_000_000, {"model.onnx": 20_000, "model.onnx.data": 6_980_000},
                       {"kl": 0.004, "top1": 0.937, "prompts": 4, "positions": 300}, "ab" * 32,
                       {"onnxruntime": "1.18.0", "onnxruntime-genai": "0.4.0", "reasons": ["ONNX IR version 10"]})
