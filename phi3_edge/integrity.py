@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from phi3_edge import artifact_guard
+from phi3_edge.artifact_contract import MODEL_FILE
 from phi3_edge.errors import ArtifactError
 from phi3_edge.manifest import MANIFEST_NAME, folder_names, read_manifest, sha256_file
 from phi3_edge.onnx_wire import read_graph_io
 
-MODEL_FILE = "model.onnx"
 STAMP_VERSION = 2  # 2: (size, mtime_ns, inode, ctime_ns, sha256) per file
 DAMAGED = "artifact is damaged"
 

@@ -208,9 +208,10 @@ def int32(message: Message, number: int) -> int | None:
 
 def oneof_message(message: Message, members: tuple[int, ...]) -> tuple[int | None, Message | None]:
     """(member set last, its merged message): an occurrence of another member clears what came before."""
-    current, chunks = None, []  # type: ignore[var-annotated]
+    current: int | None = None
+    chunks: list[memoryview] = []
     for field, wire, value in each(message):
-        if field in members and wire == _LENGTH:
+        if field in members and isinstance(value, memoryview):
             if field != current:
                 current, chunks = field, []
             chunks.append(value)
