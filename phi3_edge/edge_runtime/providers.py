@@ -23,8 +23,10 @@ import onnxruntime as ort
 from phi3_edge.artifact_contract import GENAI_CONFIG_FILE, MANIFEST_FILE
 from phi3_edge.errors import ArtifactError
 
-CPU_KEY = "cpu"  # genai_config's spelling of the default provider (an empty provider_options list)
+# In every onnxruntime build, and what onnxruntime-genai runs when genai_config lists no provider.
+CPU_PROVIDER = "CPUExecutionProvider"
 _SUFFIX = "executionprovider"
+CPU_KEY = CPU_PROVIDER.lower().removesuffix(_SUFFIX)  # genai_config's spelling of it
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class ProviderChoice:
 
 
 def cpu_provider() -> str:
-    return ort_provider_name(CPU_KEY)
+    return CPU_PROVIDER
 
 
 def ort_provider_name(key: str) -> str:
