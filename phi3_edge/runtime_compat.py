@@ -61,12 +61,12 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("com.microsoft.GatherBlockQuantized (int4 table)", "1.20.0",
                 "onnxruntime#21630 (Aug 2024, first in 1.20.0)",
                 lambda use: use.op == _MS + "GatherBlockQuantized" and not _table_with_bits(use)),
-    Requirement("com.microsoft.GatherBlockQuantized with the `bits` attribute (uint8 table shared with lm_head)",
-                "1.23.0", "bench: 1.22.1 refuses ('Unrecognized attribute: bits'), 1.23.0 runs; uint8 tables came "
-                "with onnxruntime#24239", _table_with_bits),
     Requirement("com.microsoft.MatMulNBits with 8-bit weights", "1.22.0",
                 "onnxruntime#24491 (x64 8-bit kernel, labelled release:1.22.0); bench: 1.21.1 refuses, 1.22.0 runs",
                 _op(_MS + "MatMulNBits", bits=8)),
+    Requirement("com.microsoft.GatherBlockQuantized with the `bits` attribute (uint8 table shared with lm_head)",
+                "1.23.0", "bench: 1.22.1 refuses ('Unrecognized attribute: bits'), 1.23.0 runs; uint8 tables came "
+                "with onnxruntime#24239", _table_with_bits),
     Requirement("GroupQueryAttention local_window_size counting the current token (transformers' sliding "
                 "window)", "1.24.1",
                 "onnxruntime#25927 (Sep 2025) made the window include the new token; bench: on a sequence longer "
