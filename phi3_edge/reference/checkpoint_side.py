@@ -107,23 +107,23 @@ class CheckpointSide:
         for norm in graph.norms:
             feeds[norm] = self._norm(lg.checkpoint_name(norm, layer))
         for w in graph.linears:
-            feeds[w.input_name] = self._transposed(lg.checkpoint_name(w.hf_name, layer), w)
+            feeds[w.input_name] = self._rows(lg.checkpoint_name(w.hf_name, layer), w)
         return feeds
 
     def _norm(self, name: str) -> np.ndarray:
         info = self.store.info(name, (self.spec.hidden_size,))
         return self.store.read_rows(info, 0, self.spec.hidden_size)
 
-    def _transposed(self, name: str, w: lg.WeightInput) -> np.ndarray:
-        """W[rows].T as a contiguous (in, out) float32 array, filled a bounded row block at a time."""
+    def _rows(self, name: str, w: lg.WeightInput) -> np.ndarray:
+        """W[rows] as a contiguous (out, in) float32 array (FusedMatMul transB=1 reads it transposed)."""
         rows = self.store.rows_of(name)
         info = self.store.info(name, (rows if w.rows else w.out_features, w.in_features))
         first, last = w.rows or (0, w.out_features)
-        out = np.empty((w.in_features, last - first), dtype=np.float32)  # (in, out)
-        step = max(1, (16 << 20) // (4 * w.in_features))
+        out = np.empty((last - first, w.in_features), dtype=np.float32)  # (out, in)
+        step = max(1, (16 << 20) // (4 * w.in_features))  # bounded read slices: the store drops their pages
         for start in range(first, last, step):
             stop = min(last, start + step)
-            out[:, start - first:stop - first] = self.store.read_rows(info, start, stop).T  # (in, rows)
+            out[start - first:stop - first] = self.store.read_rows(info, start, stop)  # (rows, in)
         return out
 
 

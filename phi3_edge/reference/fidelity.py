@@ -90,3 +90,19 @@ def _tokenizer(path: Path) -> Tokenizer:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for malformed files
         raise ArtifactError(f"cannot be loaded by tokenizers ({str(exc).splitlines()[0]})", path) from exc
+
+
+def compare_to_named_checkpoint(artifact: str | Path, checkpoint: str, *, text: str | None = None) -> FidelityReport:
+    """`phi3-edge eval ARTIFACT --ref CHECKPOINT`: a local folder, hub id, short name or "demo" as the reference."""
+    from phi3_edge.exporter.checkpoint import resolve_checkpoint
+    from phi3_edge.exporter.config import load_spec
+
+    resolved = resolve_checkpoint(checkpoint, require_tokenizer=False)
+    tokenizers = [path for path in resolved.tokenizer_files if path.name == TOKENIZER_NAME]
+    return compare_to_checkpoint(load_spec(resolved.config_path), resolved.weight_files, artifact, text=text,
+                                 checkpoint_tokenizer=tokenizers[0] if tokenizers else None)
+
+
+def is_artifact_folder(path: str | Path) -> bool:
+    """An exported artifact (genai_config.json inside) rather than a checkpoint."""
+    return (Path(path) / "genai_config.json").is_file()

@@ -26,7 +26,7 @@ from phi3_edge.exporter.blocks.norm import rms_norm, skip_rms_norm
 from phi3_edge.exporter.blocks.rope import rotary_caches
 from phi3_edge.exporter.config import Phi3Spec
 from phi3_edge.exporter.decoder import DecoderPlan, local_window_size
-from phi3_edge.exporter.graph import GraphBuilder, value_info
+from phi3_edge.exporter.graph import MS_DOMAIN, GraphBuilder, value_info
 
 LAYER_PREFIX = "layer"  # checkpoint names are written with this prefix; `checkpoint_name` maps it to layer i
 HIDDEN, RESIDUAL = "hidden", "residual"
@@ -37,7 +37,7 @@ PAST_KEY, PAST_VALUE = "past_key", "past_value"
 
 @dataclass(frozen=True)
 class WeightInput:
-    """A Linear's weight as a graph input: x @ W[rows].T, fed as the (in, out) transpose."""
+    """A Linear's weight as a graph input: x @ W[rows].T, fed in the checkpoint's own (out, in) layout."""
 
     input_name: str
     hf_name: str  # with LAYER_PREFIX; checkpoint_name(hf_name, layer) is the checkpoint tensor
@@ -71,7 +71,9 @@ class _InputLinear:
         stem = node_prefix(hf_name, label)
         name = f"{stem}.MatMul.weight"
         self.graph.linears.append(WeightInput(name, hf_name, in_features, out_features, rows, x))
-        out = g.op("MatMul", [x, name], name=f"{stem}/MatMul")  # (B, S, out)
+        # FusedMatMul(transB=1): MLAS reads B transposed while packing it, so the weight is fed as the
+        # checkpoint's (out, in) rows, with no (in, out) copy made per layer (ORT fuses MatMul+Transpose so too).
+        out = g.op("FusedMatMul", [x, name], name=f"{stem}/MatMul", domain=MS_DOMAIN, transB=1)  # (B, S, out)
         assert isinstance(out, str)
         return out
 
@@ -122,7 +124,7 @@ def _inputs(spec: Phi3Spec, layer: LayerGraph, first: bool, fused: bool) -> list
     if not fused:
         specs.append(value_info(POSITION_IDS, "int64", ("batch", "seq")))
     specs += [value_info(n, "float32", (hidden,)) for n in layer.norms]
-    specs += [value_info(w.input_name, "float32", (w.in_features, w.out_features)) for w in layer.linears]
+    specs += [value_info(w.input_name, "float32", (w.out_features, w.in_features)) for w in layer.linears]
     specs += [value_info(n, "float32", a.shape) for n, a in layer.constants.items()]
     return specs
 
