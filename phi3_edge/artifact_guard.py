@@ -24,6 +24,7 @@ import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from phi3_edge import io_spec
 from phi3_edge.artifact_contract import GENAI_CONFIG_FILE as GENAI_CONFIG
 from phi3_edge.artifact_contract import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from phi3_edge.onnx_wire import ORT_MEMORY_TAG, WireError, read_graph_io
@@ -134,7 +135,7 @@ def check_content(folder: Path, *, allow_unsafe_config: bool = False) -> list[Pr
         if problem:
             problems.append((GENAI_CONFIG, problem))
         elif name.endswith(".onnx"):
-            problems += _graph_problems(folder, name)
+            problems += _graph_problems(folder, name, config)
     if not allow_unsafe_config:
         problems += [(GENAI_CONFIG, f"{option}: loads code or writes files; refusing it (pass {UNSAFE_FLAG} "
                                     "if you trust this artifact)") for option in unsafe_options(config)]
@@ -219,16 +220,38 @@ def _session_unsafe(options: Any, where: str) -> list[str]:
     return found
 
 
-def _graph_problems(folder: Path, name: str) -> list[Problem]:
-    """External-data locations of the graph genai_config.json names (read as onnxruntime will read them)."""
+def _graph_problems(folder: Path, name: str, config: dict[str, Any]) -> list[Problem]:
+    """External-data locations of the graph genai_config.json names (read as onnxruntime will read them), and
+    the decoder shapes genai_config.json claims against the graph's declared I/O."""
     try:
-        _, external = read_graph_io(folder / name)
+        io, external = read_graph_io(folder / name)
     except (OSError, WireError) as exc:
         return [(name, f"not a readable ONNX model ({getattr(exc, 'strerror', None) or exc})")]
-    problems = []
+    problems = [(GENAI_CONFIG, p) for p in _shape_problems(io, config, name)]
     for location in sorted({location for location, _, _ in external}):
         what = "external data file" if plain_name(location) else "external data location"
         problem = file_problem(folder, location, what)
         if problem:
             problems.append((name, problem))
     return problems
+
+
+def _shape_problems(io: dict[str, tuple[str, list[Any]]], config: dict[str, Any], graph: str) -> list[str]:
+    """genai_config.json's layers / KV heads / head size / vocabulary against the graph (onnxruntime would
+    otherwise fail mid-generation with a multi-line RuntimeError). Only the main decoder is compared."""
+    model: dict[str, Any] = config["model"] if isinstance(config.get("model"), dict) else {}
+    decoder: dict[str, Any] = model["decoder"] if isinstance(model.get("decoder"), dict) else {}
+    if decoder.get("filename") != graph or io_spec.past_key(0) not in io:
+        return []
+    layers = 0
+    while io_spec.past_key(layers) in io:
+        layers += 1
+    _, past = io[io_spec.past_key(0)]  # (B, Hkv, past, D)
+    claims = [("num_hidden_layers", decoder.get("num_hidden_layers"), layers),
+              ("num_key_value_heads", decoder.get("num_key_value_heads"), past[1] if len(past) == 4 else None),
+              ("head_size", decoder.get("head_size"), past[3] if len(past) == 4 else None)]
+    if io_spec.LOGITS in io and io[io_spec.LOGITS][1]:
+        claims.append(("vocab_size", model.get("vocab_size"), io[io_spec.LOGITS][1][-1]))
+    return [f"model.decoder {key} is {claimed!r} but {graph} has {actual}" if key != "vocab_size" else
+            f"model.vocab_size is {claimed!r} but {graph}'s logits have {actual}"
+            for key, claimed, actual in claims if isinstance(actual, int) and claimed != actual]

@@ -159,3 +159,9 @@ def test_a_forged_stamp_does_not_skip_a_hash(artifact: Path) -> None:
     path.write_text(json.dumps(stamp))
     with pytest.raises(ArtifactError, match="sha256 differs"):
         verify_artifact(artifact)
+
+
+@pytest.mark.parametrize("key,value", [("head_size", 7), ("num_key_value_heads", 3), ("num_hidden_layers", 9)])
+def test_a_genai_config_that_disagrees_with_the_graph_is_one_line(artifact: Path, key: str, value: int) -> None:
+    edit_genai(artifact, lambda c: c["model"]["decoder"].update({key: value}))
+    refused_everywhere(artifact, f"model.decoder {key} is {value}")
