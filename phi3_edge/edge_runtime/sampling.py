@@ -12,6 +12,7 @@ exactly, and concurrent generations never share random state.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,15 @@ class SamplingOptions:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "repetition_penalty"):  # NaN passes every comparison below
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise Phi3EdgeError(f"{name} must be a finite number, got {value!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise Phi3EdgeError(f"top_k must be an integer, got {self.top_k!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**64):
+            raise Phi3EdgeError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
         if self.temperature < 0:
             raise Phi3EdgeError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
