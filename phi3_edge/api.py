@@ -10,7 +10,7 @@ Heavy modules are imported inside the functions: `load()` on a device must not p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -93,16 +93,12 @@ def run_export(request: ExportRequest, *, on_stage: Callable[[str], None] | None
 
 
 def _measure_fidelity(request: ExportRequest, candidate: Path, checkpoint: Path) -> dict[str, Any]:
-    """The accuracy gate: `candidate` against a reference-target export of the same checkpoint."""
-    from phi3_edge.evaluate.gate import enforce_max_kl, measure_against_reference
+    """The accuracy gate: `candidate` against the fp32 reference streamed layer by layer from the checkpoint
+    (phi3_edge/reference): no reference artifact, no temporary disk, one layer's weights in memory."""
+    from phi3_edge.evaluate.gate import enforce_max_kl
+    from phi3_edge.reference.gate import measure_against_checkpoint
 
-    def export_reference(folder: Path) -> None:
-        run_export(replace(request, model=str(checkpoint), target=REFERENCE_TARGET, output=folder, force=False,
-                           progress=False, quant=QuantOptions(), max_kl=None))
-
-    # The reference goes inside the staging folder: on the output's filesystem, and swept with the staging
-    # folder by the next export if this process is killed mid-gate (nothing stale is left beside --output).
-    record = measure_against_reference(candidate, export_reference, scratch_parent=candidate)
+    record = measure_against_checkpoint(candidate, checkpoint)
     enforce_max_kl(record, request.max_kl)
     return {**record, "max_kl": request.max_kl}
 
@@ -118,8 +114,10 @@ def load(folder: str | Path, *, intra_op_threads: int | None = None, backend: st
 
 def evaluate(artifact: str | Path, reference: str | Path, *, text_file: str | Path | None = None) -> FidelityReport:
     """Mean next-token KL(reference || artifact) and top-1 agreement on the built-in prompts; with
-    `text_file`, the perplexity of both on its text (onnxruntime + tokenizers only, like load())."""
+    `text_file`, the perplexity of both on its text. `reference` is an artifact folder (onnxruntime +
+    tokenizers only, like load()) or a checkpoint (folder, hub id, short name), streamed layer by layer."""
     from phi3_edge.evaluate import compare_artifacts
+    from phi3_edge.reference.fidelity import compare_to_named_checkpoint, is_artifact_folder
 
     text = None
     if text_file is not None:
@@ -128,6 +126,8 @@ def evaluate(artifact: str | Path, reference: str | Path, *, text_file: str | Pa
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
             raise Phi3EdgeError(f"cannot read the perplexity text ({reason})", text_file) from None
+    if not is_artifact_folder(reference):
+        return compare_to_named_checkpoint(artifact, str(reference), text=text)
     return compare_artifacts(artifact, reference, text=text)
 
 

@@ -9,8 +9,7 @@ Runtime-side code (onnxruntime, numpy, tokenizers): it never imports the exporte
 from __future__ import annotations
 
 from phi3_edge.evaluate.fidelity import FidelityReport, compare_artifacts
-from phi3_edge.evaluate.gate import REFERENCE, enforce_max_kl, measure_against_reference
+from phi3_edge.evaluate.gate import REFERENCE, enforce_max_kl
 from phi3_edge.evaluate.texts import PROMPTS
 
-__all__ = ["PROMPTS", "REFERENCE", "FidelityReport", "compare_artifacts", "enforce_max_kl",
-           "measure_against_reference"]
+__all__ = ["PROMPTS", "REFERENCE", "FidelityReport", "compare_artifacts", "enforce_max_kl"]

@@ -21,6 +21,7 @@ from phi3_edge.errors import ArtifactError, Phi3EdgeError
 from phi3_edge.evaluate.fidelity import DEFAULT_WINDOW, FidelityReport, windows
 from phi3_edge.evaluate.texts import PROMPTS
 from phi3_edge.exporter.config import Phi3Spec
+from phi3_edge.integrity import check_before_load
 from phi3_edge.reference.artifact_side import ArtifactSide
 from phi3_edge.reference.checkpoint_side import CheckpointSide
 from phi3_edge.reference.streamed import compare
@@ -30,8 +31,13 @@ TOKENIZER_NAME = TOKENIZER_FILE
 
 def compare_to_checkpoint(spec: Phi3Spec, weight_files: Sequence[Path], artifact: str | Path, *,
                           text: str | None = None, prompts: Sequence[str] = PROMPTS, window: int = DEFAULT_WINDOW,
-                          checkpoint_tokenizer: Path | None = None, threads: int | None = None) -> FidelityReport:
-    """KL(reference || artifact) and top-1 agreement on `prompts`; both perplexities on `text`."""
+                          checkpoint_tokenizer: Path | None = None, threads: int | None = None,
+                          verify_artifact: bool = False) -> FidelityReport:
+    """KL(reference || artifact) and top-1 agreement on `prompts`; both perplexities on `text`.
+
+    verify_artifact: hash `artifact` against its manifest first, as `eval` does for a finished folder (the gate
+    measures a staging folder that has no manifest yet); the content checks run either way."""
+    guard = check_before_load(Path(artifact), verify=verify_artifact)
     candidate = ArtifactSide(artifact, threads=threads)
     if candidate.vocab_size != spec.vocab_size:
         raise Phi3EdgeError(f"vocabularies differ: {candidate.folder} has {candidate.vocab_size} logits, the "
@@ -54,6 +60,7 @@ def compare_to_checkpoint(spec: Phi3Spec, weight_files: Sequence[Path], artifact
     with reference, candidate:
         stats = compare(reference, candidate, [*prompt_ids, *text_windows], reference.default_vocab_chunk(),
                         with_targets=True)
+    guard.confirm()  # every segment read the folder as it was checked
     prompt_stats, text_stats = stats[:len(prompt_ids)], stats[len(prompt_ids):]
     kl = np.concatenate([s.kl() for s in prompt_stats])
     agree = np.concatenate([s.arg_r == s.arg_c for s in prompt_stats])
@@ -100,7 +107,7 @@ def compare_to_named_checkpoint(artifact: str | Path, checkpoint: str, *, text: 
     resolved = resolve_checkpoint(checkpoint, require_tokenizer=False)
     tokenizers = [path for path in resolved.tokenizer_files if path.name == TOKENIZER_NAME]
     return compare_to_checkpoint(load_spec(resolved.config_path), resolved.weight_files, artifact, text=text,
-                                 checkpoint_tokenizer=tokenizers[0] if tokenizers else None)
+                                 checkpoint_tokenizer=tokenizers[0] if tokenizers else None, verify_artifact=True)
 
 
 def is_artifact_folder(path: str | Path) -> bool:

@@ -7,17 +7,20 @@ api injects `measure_against_checkpoint` into the export pipeline (the exporter 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from phi3_edge.evaluate.gate import REFERENCE
-from phi3_edge.exporter.config import Phi3Spec
+from phi3_edge.exporter.checkpoint import resolve_checkpoint
+from phi3_edge.exporter.config import load_spec
 from phi3_edge.reference.fidelity import compare_to_checkpoint
 
 
-def measure_against_checkpoint(candidate: Path, spec: Phi3Spec, weight_files: Sequence[Path]) -> dict[str, Any]:
-    """manifest.json's fidelity record (kl, top1, prompts, positions, reference) of `candidate`."""
-    report = compare_to_checkpoint(spec, weight_files, candidate)
+def measure_against_checkpoint(candidate: Path, checkpoint: Path) -> dict[str, Any]:
+    """manifest.json's fidelity record (kl, top1, prompts, positions, reference) of `candidate`.
+
+    The candidate is the export's staging folder, measured before its manifest exists: no hash check here."""
+    resolved = resolve_checkpoint(str(checkpoint), require_tokenizer=False)
+    report = compare_to_checkpoint(load_spec(resolved.config_path), resolved.weight_files, candidate)
     return {"kl": report.kl, "top1": report.top1, "prompts": report.prompts, "positions": report.positions,
             "reference": REFERENCE}

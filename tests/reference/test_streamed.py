@@ -124,3 +124,24 @@ def test_the_hook_sees_every_linear_input(tiny_checkpoint):
     rms = np.sqrt(np.mean(embedding**2, axis=-1, keepdims=True) + spec.rms_norm_eps)
     np.testing.assert_allclose(seen[(0, 0, "model.layers.0.self_attn.qkv_proj.weight")], embedding / rms * norm,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_eval_takes_a_checkpoint_as_the_reference(tiny_checkpoint, tmp_path):
+    """`phi3-edge eval ARTIFACT --ref CHECKPOINT`: the same figures as against its cpu-fp32 export."""
+    from click.testing import CliRunner
+
+    from phi3_edge import api
+    from phi3_edge.cli import main
+
+    checkpoint = str(tiny_checkpoint("gqa"))
+    fp32 = export(checkpoint, "cpu-fp32", tmp_path / "fp32", progress=False).output
+    int4 = export(checkpoint, "cpu-int4", tmp_path / "int4", progress=False, fidelity=False).output
+    text = tmp_path / "text.txt"
+    text.write_text(PROMPTS[0], encoding="utf-8")
+    whole = api.evaluate(int4, fp32, text_file=text)
+    ours = api.evaluate(int4, checkpoint, text_file=text)
+    assert abs(ours.kl - whole.kl) <= 4e-6 and ours.top1 == whole.top1  # tolerance: see the demo test above
+    assert ours.ppl == pytest.approx(whole.ppl, rel=4e-6) and ours.ref_ppl == pytest.approx(whole.ref_ppl, rel=4e-6)
+    result = CliRunner().invoke(main, ["eval", str(int4), "--ref", checkpoint, "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"kl": ' in result.output
