@@ -39,6 +39,7 @@ from phi3_edge.targets.table import best_target, get_target
 
 CACHE_ENV = "PHI3_EDGE_CACHE"  # the artifacts folder itself (tests point it at a temporary folder)
 ENTRY_SUFFIX = ".entry.json"
+CHECKPOINT_CONFIG_FILE = "config.json"  # what makes a folder a Hugging Face checkpoint
 _KEY_VERSION = 1  # bump when the key's inputs change meaning: old entries then stay listed but are not reused
 _SLUG = re.compile(r"[^A-Za-z0-9._]+")
 
@@ -96,8 +97,12 @@ def cache_root() -> Path:
 
 
 def is_artifact_folder(path: Path) -> bool:
-    """A folder that already is an artifact (ours, or any folder onnxruntime-genai would load)."""
-    return path.is_dir() and ((path / MANIFEST_FILE).is_file() or (path / GENAI_CONFIG_FILE).is_file())
+    """A folder to load as it is: an artifact (ours, or one onnxruntime-genai would load), or a folder that is
+    no checkpoint either (no config.json), which the loader then reports with its own one-line error."""
+    if not path.is_dir():
+        return False
+    is_artifact = (path / MANIFEST_FILE).is_file() or (path / GENAI_CONFIG_FILE).is_file()
+    return is_artifact or not (path / CHECKPOINT_CONFIG_FILE).is_file()
 
 
 def auto_target(available_providers: Sequence[str] | None = None) -> str:
@@ -130,6 +135,8 @@ def resolve_model(model: str, *, export: ExportFunction, target: str | None = No
     path = Path(model).expanduser()
     if is_artifact_folder(path):
         return ResolvedModel(path, exported=False, key=None, target=None)
+    if not path.exists() and (path.is_absolute() or model.startswith((".", "~"))):
+        raise ArtifactError("not found (no artifact folder, checkpoint or GGUF file there)", model)
     chosen = target if target is not None else auto_target(available_providers)
     try:
         get_target(chosen)  # an unknown target fails here, before any lock or folder exists

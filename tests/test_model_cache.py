@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from phi3_edge import api
-from phi3_edge.errors import Phi3EdgeError
+from phi3_edge.errors import ArtifactError, Phi3EdgeError
 from phi3_edge.model_cache import (
     CACHE_ENV,
     ExportRecipe,
@@ -165,3 +165,19 @@ def test_cache_root_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
     assert cache_root() == tmp_path / "phi3-edge" / "artifacts"
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
     assert cache_root() == tmp_path / "mine"
+
+
+def test_folders_and_paths(cache: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()  # no config.json: not a checkpoint, so the loader gets it (and names what is missing)
+    assert resolve_model(str(plain), export=_must_not_export).folder == plain
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}", encoding="utf-8")
+    export = CopyExport(plain)
+    with pytest.raises(ArtifactError, match="manifest.json not found"):  # the "export" copied an empty folder
+        resolve_model(str(checkpoint), export=export, notify=lambda _: None,
+                      available_providers=["CPUExecutionProvider"])
+    assert export.calls and export.calls[0][:2] == (str(checkpoint), DEFAULT_TARGET)  # a checkpoint is exported
+    with pytest.raises(Phi3EdgeError, match="not found"):
+        resolve_model(str(tmp_path / "missing"), export=_must_not_export)
