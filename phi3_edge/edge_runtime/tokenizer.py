@@ -20,8 +20,9 @@ REPLACEMENT = "\ufffd"  # what a decoder emits for an incomplete UTF-8 sequence
 
 
 class EdgeTokenizer:
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, origin: Path = Path(TOKENIZER_FILE)) -> None:
         self._tokenizer = tokenizer
+        self._origin = origin  # named in a one-line error when tokenizers panics on this file
 
     @classmethod
     def load(cls, folder: Path) -> EdgeTokenizer:
@@ -30,13 +31,18 @@ class EdgeTokenizer:
             raise ArtifactError("not found (the runtime needs it to encode prompts)", path)
         try:
             tokenizer = Tokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+        except BaseException as exc:  # noqa: BLE001  tokenizers raises a bare Exception (or panics) on bad files
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
             raise ArtifactError(f"cannot be loaded by tokenizers ({str(exc).splitlines()[0]})", path) from exc
-        return cls(tokenizer)
+        return cls(tokenizer, path)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """add_special_tokens=False skips the post-processor (a rendered chat template has its own BOS)."""
-        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        except BaseException as exc:  # noqa: BLE001  (see _panic)
+            raise _panic(exc, "encode", self._origin) from exc
 
     @property
     def vocab_size(self) -> int:
@@ -47,7 +53,10 @@ class EdgeTokenizer:
         return self._tokenizer.get_vocab(with_added_tokens=True)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        try:
+            return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        except BaseException as exc:  # noqa: BLE001  (see _panic)
+            raise _panic(exc, "decode", self._origin) from exc
 
     def token_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)
@@ -60,6 +69,16 @@ class EdgeTokenizer:
 
     def detokenizer(self) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self)
+
+
+def _panic(exc: BaseException, what: str, origin: Path) -> BaseException:
+    """A Rust panic inside tokenizers (e.g. tokenizer.json's regex hitting Oniguruma's retry limit) surfaces
+    as pyo3's PanicException, a BaseException that `except Exception` misses: one line instead. Anything else
+    (KeyboardInterrupt, a TypeError from the caller) is returned unchanged to be re-raised."""
+    if type(exc).__name__ != "PanicException":
+        return exc
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "panic"
+    return ArtifactError(f"tokenizers failed to {what} ({first[:160]})", origin)
 
 
 class IncrementalDetokenizer:
