@@ -30,6 +30,8 @@ import onnx
 from phi3_edge.artifact_contract import DATA_FILE, MODEL_FILE
 from phi3_edge.errors import ArtifactError
 
+OPTIMUM_LAYOUT = "optimum"  # ExportRequest.layout's value (`--layout optimum`)
+LAYOUTS = (OPTIMUM_LAYOUT,)
 ONNX_DIR = "onnx"
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"

@@ -3,11 +3,13 @@
     ExportRequest ─► decide_recipe ─► staged_artifact(output) ─┬─► export_graph (model.onnx + .data)
                                                                ├─► tokenizer files, genai_config.json
                                                                ├─► accuracy gate (vs a reference export)
+                                                               ├─► Optimum layout (request.layout)
                                                                └─► manifest.json (hashes everything else) ─► rename
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -17,16 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from phi3_edge import io_spec
+from phi3_edge.artifact_contract import MODEL_FILE
 from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.exporter.artifact import StageCallback, staged_artifact
 from phi3_edge.exporter.build import GraphStats, export_graph, model_shape
 from phi3_edge.exporter.checkpoint import Checkpoint, resolve_checkpoint
 from phi3_edge.exporter.config import Phi3Spec, load_spec
 from phi3_edge.exporter.genai_config import copy_tokenizer_files, write_genai_config
+from phi3_edge.exporter.optimum_layout import OPTIMUM_LAYOUT, write_optimum_layout
 from phi3_edge.exporter.progress import export_progress
 from phi3_edge.exporter.request import ExportRequest, ExportResult
+from phi3_edge.graph_features import read_graph_features
 from phi3_edge.manifest import build_manifest, source_record, write_manifest
 from phi3_edge.quantize.recipe import QuantRecipe, check_options, decide_recipe
+from phi3_edge.runtime_compat import MANIFEST_KEY as MIN_RUNTIME_KEY
+from phi3_edge.runtime_compat import UnknownFeature, min_runtime
 from phi3_edge.targets.table import REFERENCE_TARGET, Target
 
 # The accuracy gate, injected by the caller (evaluate/ is the runtime side; the exporter does not import it):
@@ -55,7 +62,7 @@ def export_artifact(request: ExportRequest, target: Target, measure: MeasureFide
             stats = export_graph(spec, target, checkpoint.weight_files, folder, recipe=recipe,
                                  on_tensor=hooks.on_tensor, on_layer=hooks.on_layer, on_stage=on_stage)
         # Inside staged_artifact: a failed accuracy gate deletes the staging folder, nothing reaches `output`.
-        measured = _write_companions(folder, checkpoint, spec, target, stats, recipe, gate)
+        measured = _write_companions(folder, checkpoint, spec, target, stats, recipe, gate, request)
     size = sum(path.stat().st_size for path in output.iterdir() if path.is_file())
     return ExportResult(output, target.name, size, stats.nodes, time.perf_counter() - started, stats.fused_rotary,
                         measured, stats.ort_format)
@@ -87,12 +94,16 @@ def _accuracy_gate(checkpoint: Checkpoint, quantized: bool, request: ExportReque
 
 
 def _write_companions(folder: Path, checkpoint: Checkpoint, spec: Phi3Spec, target: Target, stats: GraphStats,
-                      recipe: QuantRecipe, gate: Gate | None) -> dict[str, Any] | None:
-    """Tokenizer files, genai_config.json, the accuracy gate (it runs the folder as it stands then) and, last,
-    manifest.json (it hashes everything else). Returns the fidelity record (None: not measured)."""
+                      recipe: QuantRecipe, gate: Gate | None, request: ExportRequest) -> dict[str, Any] | None:
+    """Tokenizer files, genai_config.json, the accuracy gate (it runs the folder as it stands then), the Optimum
+    layout when asked for and, last, manifest.json (it hashes everything else). Returns the fidelity record (None:
+    not measured)."""
     copy_tokenizer_files(checkpoint.tokenizer_files, folder)
     write_genai_config(folder, spec, target)
     fidelity = gate(folder) if gate is not None else None
+    if request.layout == OPTIMUM_LAYOUT:
+        config = json.loads(checkpoint.config_path.read_text(encoding="utf-8"))
+        write_optimum_layout(folder, config, weight_format=target.weight_format, io_dtype=target.io_dtype)
     signature = [asdict(s) for s in io_spec.decoder_inputs(spec.num_layers, spec.num_kv_heads, spec.head_dim,
                                                              target.io_dtype)]
     signature += [asdict(s) for s in io_spec.decoder_outputs(spec.num_layers, spec.num_kv_heads, spec.head_dim,
@@ -106,5 +117,16 @@ def _write_companions(folder: Path, checkpoint: Checkpoint, spec: Phi3Spec, targ
     manifest = build_manifest(source=source, spec_json=spec.to_json(), target=asdict(target), recipe=record,
                               io_signature=signature, artifact_dir=folder, rope_switch_length=rope_switch)
     manifest["fidelity"] = fidelity
+    manifest[MIN_RUNTIME_KEY] = _min_runtime(folder / MODEL_FILE)
+    manifest["layout"] = request.layout
+    manifest["command"] = request.command
     write_manifest(folder, manifest)
     return fidelity
+
+
+def _min_runtime(model: Path) -> dict[str, Any] | None:
+    """The oldest onnxruntime / onnxruntime-genai that runs the graph (None: a feature newer than the table)."""
+    try:
+        return min_runtime(read_graph_features(model)).to_json()
+    except UnknownFeature:
+        return None

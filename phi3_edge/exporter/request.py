@@ -23,6 +23,8 @@ class ExportRequest:
     quant: QuantOptions = field(default_factory=QuantOptions)
     max_kl: float | None = None  # the accuracy gate: fail (writing nothing) above this KL to the reference
     fidelity: bool = True  # measure a quantized export against the reference (False: recorded as null)
+    layout: str | None = None  # "optimum": also config.json, generation_config.json, onnx/model*.onnx (LAYOUTS)
+    command: str | None = None  # the command line that asked for this export (manifest.json's "command")
 
 
 @dataclass(frozen=True)
