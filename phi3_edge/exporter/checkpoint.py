@@ -119,9 +119,9 @@ def _gguf_source(model: str) -> Path | None:
 
 def open_gguf_checkpoint(path: Path, *, source: str, require_tokenizer: bool = True) -> Checkpoint:
     """Validate a GGUF file (readable, supported architecture, spec) and write its tokenizer files."""
+    from phi3_edge.exporter.config import spec_from_dict
     from phi3_edge.exporter.gguf.reader import GgufFile
     from phi3_edge.exporter.gguf.spec import gguf_config
-    from phi3_edge.exporter.config import spec_from_dict
 
     path = Path(path).resolve()
     file = GgufFile(path)
@@ -134,7 +134,7 @@ def open_gguf_checkpoint(path: Path, *, source: str, require_tokenizer: bool = T
                       tokenizer_files=tokenizer, revision=None)
 
 
-def _gguf_tokenizer(file: "GgufFile", require_tokenizer: bool) -> tuple[Path, ...]:
+def _gguf_tokenizer(file: GgufFile, require_tokenizer: bool) -> tuple[Path, ...]:
     import hashlib
 
     from phi3_edge.exporter.gguf.tokenizer import write_tokenizer_files
@@ -217,10 +217,10 @@ def _from_hub(repo_id: str) -> tuple[Path, str, str | None]:
             raise CheckpointError(
                 f"not in the local Hugging Face cache and could not be downloaded: {reason}", repo_id
             ) from None
-    folder = Path(folder)
+    root = Path(folder)
     # A cached snapshot lives in .../snapshots/<commit>: that commit is the revision the manifest records.
-    revision = folder.name if folder.parent.name == "snapshots" else None
-    return folder, repo_id, revision
+    revision = root.name if root.parent.name == "snapshots" else None
+    return root, repo_id, revision
 
 
 def _indexed_weights(root: Path, index_path: Path) -> tuple[Path, ...]:

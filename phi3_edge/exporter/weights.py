@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,7 +30,8 @@ from phi3_edge.errors import CheckpointError
 from phi3_edge.exporter.artifact import StageCallback
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit; guards against a huge allocation on junk
-_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}  # BF16 stays raw bits
+# BF16 stays raw bits
+_DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 # Header values are untrusted: bound them so a hostile header costs neither memory nor time (a million-dim
 # shape would make even the exact size product slow). Real checkpoints have 1-D and 2-D tensors.
 MAX_DIMS = 8
@@ -219,7 +220,7 @@ class WeightStore:
         if on_stage is not None:
             on_stage("headers")  # every header read, nothing converted yet
 
-    def __enter__(self) -> "WeightStore":
+    def __enter__(self) -> WeightStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -263,7 +264,8 @@ class WeightStore:
 
     def read_rows(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) along the first axis, as float32."""
-        pieces = [self._owner[name].read_rows(self._infos[name], a, b) for name, a, b in self._pieces(info, start, stop)]
+        pieces = [self._owner[name].read_rows(self._infos[name], a, b)
+                  for name, a, b in self._pieces(info, start, stop)]
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
 
     def read_columns(self, info: TensorInfo, start: int, stop: int, rows: tuple[int, int] | None = None) -> np.ndarray:
@@ -309,5 +311,5 @@ def _packed_views(infos: dict[str, TensorInfo]) -> dict[str, tuple[_Part, ...]]:
             if len({infos[n].shape[1:] for n in names}) != 1:
                 raise CheckpointError(f"{', '.join(names)} do not share an input width", infos[name].path)
             offsets = np.cumsum([0] + [infos[n].shape[0] for n in names[:-1]]).tolist()
-            views[prefix + packed] = tuple(_Part(n, int(o)) for n, o in zip(names, offsets))
+            views[prefix + packed] = tuple(_Part(n, int(o)) for n, o in zip(names, offsets, strict=True))
     return views

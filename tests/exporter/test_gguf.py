@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fixtures.llama_gguf import llama_model, load_gguf_model, model_reference, write_gguf
 from fixtures.reference import ort_incremental
 from fixtures.tokenizer import write_tiny_tokenizer
-
 from phi3_edge.api import export
 from phi3_edge.errors import CheckpointError, Phi3EdgeError
 from phi3_edge.exporter.config import load_spec

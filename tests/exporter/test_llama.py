@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fixtures.llama_gguf import make_llama_checkpoint
 from fixtures.reference import hf_reference, ort_incremental
-
 from phi3_edge.api import export
 from phi3_edge.errors import CheckpointError
 from phi3_edge.exporter.config import load_spec

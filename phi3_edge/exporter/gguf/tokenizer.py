@@ -72,8 +72,11 @@ def _tokenizer(meta: dict[str, Any], where: Path) -> Any:
     else:
         raise CheckpointError(f"tokenizer.ggml.model {kind!r} is not supported (gpt2 or llama)", where)
     types = meta.get("token_type") or [1] * len(meta["tokens"])
-    special = [AddedToken(t, normalized=False, special=True) for t, k in zip(meta["tokens"], types) if k == CONTROL]
-    plain = [AddedToken(t, normalized=False, special=False) for t, k in zip(meta["tokens"], types) if k == USER_DEFINED]
+    if len(types) != len(meta["tokens"]):
+        raise CheckpointError("tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length", where)
+    kinds = list(zip(meta["tokens"], types, strict=True))
+    special = [AddedToken(t, normalized=False, special=True) for t, k in kinds if k == CONTROL]
+    plain = [AddedToken(t, normalized=False, special=False) for t, k in kinds if k == USER_DEFINED]
     tokenizer.add_special_tokens(special)
     tokenizer.add_tokens(plain)
     _bos_post_processor(tokenizer, meta)
@@ -92,7 +95,7 @@ def _byte_level(meta: dict[str, Any], where: Path) -> Any:
     vocab = {token: index for index, token in enumerate(meta["tokens"])}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     split, digits = PRE_TOKENIZERS[pre]
-    steps = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
+    steps: list[Any] = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
     steps += [pre_tokenizers.Split(Regex(split), behavior="isolated"),
               pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
@@ -104,12 +107,14 @@ def _sentencepiece(meta: dict[str, Any]) -> Any:
     from tokenizers import Tokenizer, decoders, models, normalizers
 
     tokens, scores = meta["tokens"], meta.get("scores") or [0.0] * len(meta["tokens"])
+    if len(scores) != len(tokens):
+        scores = [0.0] * len(tokens)  # a malformed score list: rank merges by vocab order alone
     vocab = {token: index for index, token in enumerate(tokens)}
     unk_id = meta.get("unknown_token_id")
     unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < len(tokens) else None
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=_merges_from_scores(vocab, tokens, scores), unk_token=unk,
                                      fuse_unk=True, byte_fallback=True))
-    steps = [normalizers.Replace(" ", "\u2581")]
+    steps: list[Any] = [normalizers.Replace(" ", "\u2581")]
     if meta.get("add_space_prefix", True):
         steps.insert(0, normalizers.Prepend("\u2581"))
     tokenizer.normalizer = normalizers.Sequence(steps)
@@ -122,7 +127,7 @@ def _merges_from_scores(vocab: dict[str, int], tokens: list[str], scores: list[f
     """SentencePiece BPE keeps no merge list: every split of a vocab token into two vocab tokens is a merge,
     ranked by the merged token's score (higher first), ties by the shorter left piece's... as SentencePiece."""
     found: list[tuple[float, int, int, str, str]] = []
-    for token, score in zip(tokens, scores):
+    for token, score in zip(tokens, scores, strict=True):
         local = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab]
         local.sort(key=lambda pair: (vocab[pair[0]], vocab[pair[1]]))
         found.extend((float(score), len(left), len(right), left, right) for left, right in local)
