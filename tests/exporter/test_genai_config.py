@@ -102,10 +102,11 @@ def test_sliding_window_adds_no_runtime_block():
 
 
 def test_non_cpu_provider_is_listed_with_its_options():
-    dml = dataclasses.replace(CPU, name="dml-fp16", execution_provider="dml")
+    # genai_lists_provider: the table's field for "genai_config names this EP" (False only for CPU targets)
+    dml = dataclasses.replace(CPU, name="dml-fp16", execution_provider="dml", genai_lists_provider=True)
     config = gc.genai_config(tiny_spec(), dml, provider_options={"enable_graph_capture": "1"})
     assert config["model"]["decoder"]["session_options"]["provider_options"] == [{"dml": {"enable_graph_capture": "1"}}]
-    cuda = dataclasses.replace(CPU, execution_provider="cuda")
+    cuda = dataclasses.replace(CPU, execution_provider="cuda", genai_lists_provider=True)
     assert gc.genai_config(tiny_spec(), cuda)["model"]["decoder"]["session_options"]["provider_options"] == [
         {"cuda": {}}
     ]
