@@ -141,3 +141,47 @@ def test_bad_gguf_is_one_line_and_writes_nothing(gguf_dir: Path, tmp_path: Path,
     message = str(caught.value)
     assert "\n" not in message and str(path) in message and says in message
     assert not (tmp_path / "art").exists()
+
+
+def _sentencepiece_gguf(path: Path, arch: str) -> Path:
+    """A SentencePiece-style vocabulary (tokenizer.ggml.model llama): scores, byte tokens, no merges."""
+    import gguf
+
+    words = ["\u2581hello", "\u2581world", "\u2581the", "\u2581tokens", "ing", "\u2581\u2581"]
+    pieces = sorted({w[i:j] for w in words for i in range(len(w)) for j in range(i + 2, len(w) + 1)},
+                    key=lambda piece: (len(piece), piece))
+    chars = sorted({c for w in words for c in w})
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + chars + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * (len(chars) + len(pieces))
+    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(chars) + len(pieces))]
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_sentencepiece_tokenizer_ids_match_transformers(tmp_path: Path, arch: str) -> None:
+    """Merges rebuilt from scores, byte fallback, BOS added, the prefix space as each architecture puts it."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from phi3_edge.exporter.gguf.reader import GgufFile
+    from phi3_edge.exporter.gguf.tokenizer import write_tokenizer_files
+
+    path = _sentencepiece_gguf(tmp_path / f"spm-{arch}.gguf", arch)
+    main, _ = write_tokenizer_files(GgufFile(path), tmp_path / "out")
+    ours = Tokenizer.from_file(str(main))
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    for text in ["hello world", "the tokens", "hello  the world", "héllo wörld", "thing"]:
+        assert ours.encode(text).ids == theirs(text)["input_ids"], text

@@ -55,6 +55,7 @@ def _metadata(file: GgufFile) -> dict[str, Any]:
     meta = {key.removeprefix("tokenizer.ggml."): file.field(key) for key in file.keys()
             if key.startswith("tokenizer.ggml.")}
     meta["chat_template"] = file.field("tokenizer.chat_template")
+    meta["architecture"] = file.field("general.architecture")
     if not isinstance(meta.get("tokens"), list) or not meta["tokens"]:
         raise CheckpointError("has no tokenizer.ggml.tokens: the artifact cannot tokenize (pass --no-tokenizer "
                               "to export the graph only)", file.path)
@@ -104,7 +105,7 @@ def _byte_level(meta: dict[str, Any], where: Path) -> Any:
 
 
 def _sentencepiece(meta: dict[str, Any]) -> Any:
-    from tokenizers import Tokenizer, decoders, models, normalizers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     tokens, scores = meta["tokens"], meta.get("scores") or [0.0] * len(meta["tokens"])
     if len(scores) != len(tokens):
@@ -114,10 +115,17 @@ def _sentencepiece(meta: dict[str, Any]) -> Any:
     unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < len(tokens) else None
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=_merges_from_scores(vocab, tokens, scores), unk_token=unk,
                                      fuse_unk=True, byte_fallback=True))
-    steps: list[Any] = [normalizers.Replace(" ", "\u2581")]
-    if meta.get("add_space_prefix", True):
-        steps.insert(0, normalizers.Prepend("\u2581"))
-    tokenizer.normalizer = normalizers.Sequence(steps)
+    prefix = meta.get("add_space_prefix", True)
+    if meta.get("architecture") == "phi3":
+        # Phi-3's tokenizer.json: the prefix space comes from a normalizer (so "  hi" -> three U+2581).
+        steps: list[Any] = [normalizers.Replace(" ", "\u2581")]
+        if prefix:
+            steps.insert(0, normalizers.Prepend("\u2581"))
+        tokenizer.normalizer = normalizers.Sequence(steps)
+    else:  # Llama's: Metaspace, prefix on the first piece only
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581",
+                                                           prepend_scheme="first" if prefix else "never",
+                                                           split=False)
     tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                            decoders.Strip(" ", 1, 0)])
     return tokenizer
