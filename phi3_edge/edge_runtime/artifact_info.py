@@ -41,6 +41,10 @@ class ArtifactInfo:
         rows.append(("target", f"{target.get('name', '?')} ({target.get('execution_provider', '?')})"))
         recipe = self.manifest.get("recipe") or {}
         rows.append(("recipe", ", ".join(f"{k}={v}" for k, v in recipe.items() if v is not None)))
+        needs = self.manifest.get("min_runtime")
+        if isinstance(needs, dict):  # the oldest runtimes that run the graph (phi3_edge.runtime_compat)
+            genai = f", onnxruntime-genai >= {needs['onnxruntime-genai']}" if needs.get("onnxruntime-genai") else ""
+            rows.append(("runtime", f"onnxruntime >= {needs.get('onnxruntime')}{genai}"))
         tools = self.manifest.get("tools") or {}
         rows.append(("tools", ", ".join(f"{k} {v}" for k, v in tools.items() if v is not None)))
         return rows

@@ -19,6 +19,7 @@ from typing import Any
 from phi3_edge.edge_runtime.chat import ChatTemplate, Message, fit_conversation
 from phi3_edge.edge_runtime.decoder_config import DecoderConfig, read_decoder_config
 from phi3_edge.edge_runtime.generate import STOP_STRING, Engine, GenerationOptions, GenerationResult, Generator
+from phi3_edge.edge_runtime.runtime_check import check_runtime
 from phi3_edge.edge_runtime.session import DecoderSession
 from phi3_edge.edge_runtime.stopping import StopStrings
 from phi3_edge.edge_runtime.tokenizer import EdgeTokenizer
@@ -55,6 +56,7 @@ class EdgeModel:
         guard = check_before_load(folder, verify=verify, allow_unsafe_config=allow_unsafe_config)
         if backend not in BACKENDS:
             raise Phi3EdgeError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        check_runtime(folder, uses_genai=backend == "genai")  # an older runtime than the graph needs: one line
         config = read_decoder_config(folder)
         tokenizer = EdgeTokenizer.load(folder)  # before the session: a missing file fails fast, not after loading
         if backend == "genai":
