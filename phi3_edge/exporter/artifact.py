@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import os
 import secrets
 import shutil
+import signal
 import sys
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from phi3_edge.errors import ArtifactError
-from phi3_edge.manifest import is_artifact
+from phi3_edge.manifest import MANIFEST_NAME, is_artifact, read_manifest
 
 _PARTIAL = "partial"  # .{name}.partial-<pid>-<random>: being written
 _TRASH = "trash"  # .{name}.trash-<pid>-<random>: the replaced artifact, between the two renames
@@ -41,24 +44,36 @@ STAGES = ("staged", "headers", "weights", "complete", "swapped", "between-rename
 
 
 @contextmanager
-def staged_artifact(output: Path, *, force: bool, on_stage: StageCallback | None = None) -> Iterator[Path]:
-    """Yield an empty temporary folder; on normal exit it becomes `output`, on any exception it is deleted."""
+def staged_artifact(output: Path, *, force: bool, on_stage: StageCallback | None = None,
+                    protected: Sequence[Path] = ()) -> Iterator[Path]:
+    """Yield an empty temporary folder; on normal exit it becomes `output`, on any exception it is deleted.
+
+    The whole export holds an exclusive lock on a file named after `output` (flock: released by the kernel
+    when the process dies; see _lock_path), so the replaceability check and the swap are atomic together: a
+    second export to the same `output` fails at once instead of replacing the first. `protected` folders (the --model
+    checkpoint) are never replaced. SIGTERM is handled like Ctrl-C while the export runs.
+    """
     output = Path(output)
     stage = on_stage or _no_stage
-    try:
-        if output.parent.is_dir():  # sweep first: it may put back an artifact a killed --force run displaced
-            sweep_stale(output)
-        _check_replaceable(output, force)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        staging = _sibling(output, _PARTIAL)
-        staging.mkdir()
-    except OSError as exc:  # cannot even create the staging folder: a clean one-liner about the output
-        raise ArtifactError(f"cannot prepare the output folder: {exc.strerror or exc}", output) from exc
+    with _output_lock(output), _sigterm_as_exit():
+        try:
+            if output.parent.is_dir():  # sweep first: it may put back an artifact a killed --force run displaced
+                sweep_stale(output)
+            _check_replaceable(output, force, protected)
+            staging = _sibling(output, _PARTIAL)
+            staging.mkdir()
+        except OSError as exc:  # cannot even create the staging folder: a clean one-liner about the output
+            raise ArtifactError(f"cannot prepare the output folder: {exc.strerror or exc}", output) from exc
+        yield from _publish(staging, output, force, stage, protected)
+
+
+def _publish(staging: Path, output: Path, force: bool, stage: StageCallback,
+             protected: Sequence[Path]) -> Iterator[Path]:
     try:
         stage("staged")
         yield staging
         stage("complete")
-        _check_replaceable(output, force)  # someone may have created it while we were exporting
+        _check_replaceable(output, force, protected)  # a non-phi3-edge writer may have created it meanwhile
         _fsync_tree(staging)
         _move_into_place(staging, output, stage)
     except BaseException as exc:  # KeyboardInterrupt too: never leave a partial folder behind
@@ -94,7 +109,9 @@ def sweep_stale(output: Path) -> list[Path]:
     return removed
 
 
-def _check_replaceable(output: Path, force: bool) -> None:
+def _check_replaceable(output: Path, force: bool, protected: Sequence[Path] = ()) -> None:
+    if any(_same_or_inside(path, output) for path in protected):
+        raise ArtifactError("is (or holds) the checkpoint being exported; refusing to overwrite it", output)
     if not output.exists() and not output.is_symlink():
         return
     if output.is_dir() and not output.is_symlink() and not any(output.iterdir()):
@@ -103,6 +120,114 @@ def _check_replaceable(output: Path, force: bool) -> None:
         raise ArtifactError("exists and is not a phi3-edge artifact; refusing to overwrite", output)
     if not force:
         raise ArtifactError("already exists; pass --force to replace it", output)
+    extra = _unlisted(output)
+    if extra:  # a user's own file inside an old artifact: --force would delete it with the folder
+        raise ArtifactError(f"holds {extra[0]!r}, which its manifest.json does not list; refusing to replace it "
+                            "(move your files out first)", output)
+
+
+def _same_or_inside(protected: Path, output: Path) -> bool:
+    try:
+        inner, outer = Path(protected).resolve(), output.resolve()
+    except (OSError, RuntimeError):
+        return True  # cannot tell: do not risk the checkpoint
+    return inner == outer or inner.is_relative_to(outer)
+
+
+def _unlisted(folder: Path) -> list[str]:
+    """Entries under `folder` (links and folders included) that manifest.json does not account for."""
+    listed = set(read_manifest(folder)["files"]) | {MANIFEST_NAME}
+    found = []
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_symlink() or not (path.is_dir() or name in listed):
+            found.append(name)
+        elif path.is_dir() and not any(entry.startswith(name + "/") for entry in listed):
+            found.append(name + "/")
+    return found
+
+
+@contextmanager
+def _output_lock(output: Path) -> Iterator[None]:
+    """Hold `.{name}.lock` beside `output` exclusively; fail at once if another export holds it."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArtifactError(f"cannot prepare the output folder: {exc.strerror or exc}", output) from exc
+    lock = _lock_path(output)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ArtifactError(f"cannot create the lock file: {exc.strerror or exc}", lock) from exc
+        if not _try_lock(fd):
+            os.close(fd)
+            raise ArtifactError("another export to this folder is running; try again when it has finished", output)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file we locked: lock the new one
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(lock)  # while still held: a waiter that opened the old file retries on the new one
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _lock_path(output: Path) -> Path:
+    """In the per-user cache (a SIGKILLed export leaves no stray file beside --output), keyed by the output's
+    absolute path; beside the output when no cache folder is usable."""
+    key = hashlib.sha256(str(output.resolve()).encode("utf-8")).hexdigest()
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "phi3-edge" / "locks"
+        base.mkdir(parents=True, exist_ok=True)
+        if os.access(base, os.W_OK):
+            return base / f"{key}.lock"
+    except (OSError, RuntimeError, KeyError):
+        pass
+    return output.parent / f".{output.name}.lock"
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows: msvcrt locks a byte range, enough for one writer at a time
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (timeout, docker stop, CI cancel) raises SystemExit(143) here, so the staging folder is removed
+    on the way out exactly as for Ctrl-C. Only the main thread may set handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _move_into_place(staging: Path, output: Path, stage: StageCallback) -> None:
