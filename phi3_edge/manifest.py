@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from phi3_edge.artifact_contract import MANIFEST_FILE, ROPE_SWITCH_KEY, rope_switch_length
-from phi3_edge.errors import ArtifactError
+from phi3_edge.errors import ArtifactError, Phi3EdgeError
 
 MANIFEST_NAME = MANIFEST_FILE
 FORMAT = "phi3-edge-artifact/1"  # the "format" key's value: marks a folder as ours (and its layout version)
@@ -100,7 +100,12 @@ def folder_names(folder: Path) -> list[str]:
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     path = Path(folder) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    try:
+        text = json.dumps(manifest, indent=2, sort_keys=False, allow_nan=False)  # NaN is not JSON
+    except ValueError:
+        raise Phi3EdgeError("a recorded measurement is NaN or infinite; refusing to write an invalid manifest",
+                            path) from None
+    path.write_text(text + "\n", encoding="utf-8")
     return path
 
 

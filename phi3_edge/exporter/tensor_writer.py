@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto
 
-from phi3_edge.errors import ArtifactError
+from phi3_edge.errors import ArtifactError, Phi3EdgeError
 from phi3_edge.exporter.artifact import StageCallback
 from phi3_edge.exporter.graph import ONNX_DTYPES
 
@@ -57,6 +57,9 @@ class TensorWriter:
         for chunk in chunks:
             if chunk.dtype != np.dtype(dtype):
                 raise TypeError(f"{name}: chunk dtype {chunk.dtype} != {dtype}")
+            if chunk.dtype.kind == "f" and not np.isfinite(chunk).all():  # would export, then measure KL NaN
+                raise Phi3EdgeError(f"weight {name} holds NaN or Inf values (a damaged checkpoint?); "
+                                    "refusing to export it")
             self._append(np.ascontiguousarray(chunk).tobytes())
         if self._offset - start != expected:
             raise ValueError(f"{name}: wrote {self._offset - start} bytes, expected {expected}")
