@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from phi3_edge.edge_runtime.bench import BenchReport
     from phi3_edge.evaluate import FidelityReport
     from phi3_edge.integrity import Report
+    from phi3_edge.recipes import BuildReport
+    from phi3_edge.recipes.push import PushResult
 
 
 class ExportOptions(TypedDict, total=False):
@@ -41,6 +43,8 @@ class ExportOptions(TypedDict, total=False):
     embeddings: str | None
     max_kl: float | None
     fidelity: bool
+    layout: str | None
+    command: str | None
 
 
 _QUANT_KEYWORDS = {"quant_algo": "algo", "mixed_precision": "mixed_precision", "lm_head": "lm_head",
@@ -98,9 +102,78 @@ def _measure_fidelity(request: ExportRequest, candidate: Path, checkpoint: Path)
     from phi3_edge.evaluate.gate import enforce_max_kl
     from phi3_edge.reference.gate import measure_against_checkpoint
 
-    record = measure_against_checkpoint(candidate, checkpoint)
+    record = measure_against_checkpoint(candidate, checkpoint, progress=request.progress)
     enforce_max_kl(record, request.max_kl)
     return {**record, "max_kl": request.max_kl}
+
+
+def export_targets(request: ExportRequest, targets: list[str]) -> list[ExportResult]:
+    """`export --targets a,b`: `request` for each target, into request.output/<target>, one after another (each
+    folder atomic; the first failure stops the rest)."""
+    from dataclasses import replace
+
+    unknown = [name for name in targets if name not in TARGETS]
+    if unknown or not targets:
+        raise Phi3EdgeError(f"unknown target {unknown[0]!r}; valid targets: {', '.join(TARGETS)}" if unknown
+                            else "--targets: name at least one target")
+    if request.output is None:
+        raise Phi3EdgeError("--targets needs --output (the folder that gets one artifact per target)")
+    return [run_export(replace(request, target=name, output=request.output / name))
+            for name in dict.fromkeys(targets)]
+
+
+def build(recipe: str | Path, *, model: str | None = None, group: str | None = None, targets: tuple[str, ...] = (),
+          report_dir: str | Path | None = None, push: bool = False, command: str | None = None) -> BuildReport:
+    """Run a build recipe (phi3_edge/recipes): every selected model x target exported, gated and reported.
+
+    Targets are exported one after another (each reads the checkpoint; the page cache serves the repeats when it
+    holds the checkpoint). A target that fails fails alone; report.exit_code says whether any did. With
+    report_dir: report.json, junit.xml, summary.md there (and $GITHUB_STEP_SUMMARY when set)."""
+    from phi3_edge.exporter.optimum_layout import OPTIMUM_LAYOUT
+    from phi3_edge.recipes import TargetSpec, parse_recipe
+    from phi3_edge.recipes.runner import Selection, run_build, write_reports
+
+    parsed = parse_recipe(recipe)
+    layout = OPTIMUM_LAYOUT if parsed.optimum_layout else None
+
+    def export_one(source: str, spec: TargetSpec, folder: Path) -> None:
+        export(source, spec.target, folder, force=True, progress=False, layout=layout, command=command,
+               **spec.options.as_keywords())
+
+    def push_one(folder: Path, repo_id: str) -> str:
+        text = Path(recipe).read_text(encoding="utf-8")
+        return publish(folder, repo_id, private=parsed.publish_private, recipe_text=text, command=command).url
+
+    if push and parsed.publish_repo is None:
+        raise Phi3EdgeError("--push: the recipe has no [publish] repo_id", parsed.path)
+    report = run_build(parsed, export_one, selection=Selection(model, group, tuple(targets)),
+                       push=push_one if push else None)
+    if report_dir is not None:
+        write_reports(report, Path(report_dir))
+    return report
+
+
+def build_matrix(recipe: str | Path) -> str:
+    """The recipe's CI matrix (one job per model x target group) as one line of JSON."""
+    from phi3_edge.recipes import matrix_json, parse_recipe
+
+    return matrix_json(parse_recipe(recipe))
+
+
+def recipe_output(recipe: str | Path) -> Path:
+    """Where a recipe's artifacts go (<output>/<model>/<target>)."""
+    from phi3_edge.recipes import parse_recipe
+
+    return parse_recipe(recipe).output
+
+
+def publish(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None,
+            endpoint: str | None = None, command: str | None = None, recipe_text: str | None = None) -> PushResult:
+    """Upload an artifact folder to the Hugging Face Hub in one commit, with a generated model card."""
+    from phi3_edge.recipes.push import push_artifact
+
+    return push_artifact(folder, repo_id, private=private, token=token, endpoint=endpoint, command=command,
+                         recipe_text=recipe_text)
 
 
 def load(folder: str | Path, *, intra_op_threads: int | None = None, backend: str = "ort",
@@ -192,5 +265,6 @@ def short_names_table() -> str:
 
 
 __all__ = ["REFERENCE_TARGET", "BenchRequest", "ExportOptions", "ExportRequest", "ExportResult", "QuantOptions",
-           "bench", "evaluate", "export", "export_request", "get_target", "inspect", "load", "problem_status",
-           "run_export", "short_names_table", "target_names", "targets", "verify"]
+           "bench", "build", "build_matrix", "evaluate", "export", "export_request", "export_targets", "get_target",
+           "inspect", "load", "problem_status", "publish", "recipe_output", "run_export", "short_names_table",
+           "target_names", "targets", "verify"]

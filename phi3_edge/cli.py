@@ -7,6 +7,7 @@ never imports onnx, and `--help` stays fast.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,15 +103,24 @@ class _ExportCommand(click.Command):
 @click.option("--no-fidelity", is_flag=True,
               help=f"Skip measuring a quantized export against {api.REFERENCE_TARGET} (recorded as null; for "
                    "huge models).")
+@click.option("--targets", "targets", default=None, metavar="A,B,...",
+              help="Several targets, one after another: each into --output/<target> (instead of --target).")
+@click.option("--layout", type=click.Choice(["optimum"]), default=None,
+              help="Also lay the folder out for Optimum / Transformers.js: config.json, generation_config.json, "
+                   "onnx/model{_q4,_int8,_fp16}.onnx beside the files onnxruntime-genai reads.")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the artifact path.")
-def export(quiet: bool, **options: Any) -> None:
+def export(quiet: bool, targets: str | None, **options: Any) -> None:
     """Export a Phi-3 checkpoint to an ONNX Runtime artifact folder."""
     request = export_request(options, quiet=quiet)
-    result = api.run_export(request)
-    if quiet:
-        click.echo(str(result.output))
-        return
-    _print_table("export finished", (), result.summary_rows())
+    if targets is not None:
+        results = api.export_targets(request, [name.strip() for name in targets.split(",") if name.strip()])
+    else:
+        results = [api.run_export(request)]
+    for result in results:
+        if quiet:
+            click.echo(str(result.output))
+        else:
+            _print_table(f"export finished: {result.target}", (), result.summary_rows())
 
 
 def export_request(options: dict[str, Any], *, quiet: bool = False) -> api.ExportRequest:
@@ -121,7 +131,15 @@ def export_request(options: dict[str, Any], *, quiet: bool = False) -> api.Expor
     return api.ExportRequest(options["model"], options["target"], None if output is None else Path(output),
                              force=options["force"], require_tokenizer=not options["no_tokenizer"],
                              progress=False if quiet else None, quant=quant, max_kl=options["max_kl"],
-                             fidelity=not options["no_fidelity"])
+                             fidelity=not options["no_fidelity"], layout=options.get("layout"),
+                             command=command_line())
+
+
+def command_line() -> str | None:
+    """The command as typed, for manifest.json and the model card (None when not run as `phi3-edge`)."""
+    if Path(sys.argv[0]).name != "phi3-edge":
+        return None
+    return shlex.join(["phi3-edge", *sys.argv[1:]])
 
 
 BACKEND_CHOICES = ("ort", "genai")
@@ -309,6 +327,54 @@ def targets() -> None:
     rows = [(t.name, t.execution_provider, t.weight_format, t.io_dtype, _or_dash(t.block_size),
              _or_dash(t.accuracy_level), t.notes) for t in api.targets()]
     _print_table("", ("target", "EP", "weights", "I/O + KV", "block", "acc. level", "notes"), rows)
+
+
+@main.command("build")
+@click.argument("recipe", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.option("--model", default=None, help="Only this model of the recipe (a CI matrix cell's `model`).")
+@click.option("--group", default=None, help="Only this target group (a CI matrix cell's `group`).")
+@click.option("--targets", default=None, metavar="A,B,...", help="Only these targets of the recipe.")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="Write report.json, junit.xml and summary.md here (and to $GITHUB_STEP_SUMMARY when set).")
+@click.option("--push", is_flag=True, help="Push each passing artifact to the recipe's [publish] repo_id.")
+@click.option("--matrix", "as_matrix", is_flag=True,
+              help="Print the CI matrix (one job per model x group) as a `matrix=<json>` line and exit.")
+@click.option("--print-output", is_flag=True, help="Print the recipe's output folder and exit.")
+def build(recipe: str, model: str | None, group: str | None, targets: str | None, report_dir: str | None,
+          push: bool, as_matrix: bool, print_output: bool) -> None:
+    """Export every model x target of a build RECIPE (TOML, see examples/build.toml), gate and report them.
+
+    A target that fails (its accuracy gate, a bad option) fails alone and the build goes on. Exit codes: 0 every
+    target passed, 3 some target failed (the last line names them), 1 nothing was built, 2 bad command line."""
+    if as_matrix:
+        click.echo(f"matrix={api.build_matrix(recipe)}")  # a $GITHUB_OUTPUT line
+        return
+    if print_output:
+        click.echo(str(api.recipe_output(recipe)))
+        return
+    names = tuple(name.strip() for name in (targets or "").split(",") if name.strip())
+    report = api.build(recipe, model=model, group=group, targets=names, report_dir=report_dir, push=push,
+                       command=command_line())
+    rows = [(f"{t.model}/{t.name}", t.status, "-" if t.size_bytes is None else _size(t.size_bytes),
+             f"{(t.fidelity or {}).get('kl', '-'):.4g}" if (t.fidelity or {}).get("kl") is not None else "-",
+             str((t.min_runtime or {}).get("onnxruntime", "-")), f"{t.seconds:.1f} s") for t in report.targets]
+    _print_table(f"build {recipe}", ("artifact", "status", "size", "KL", "onnxruntime >=", "time"), rows)
+    if report.failed:
+        click.echo("failed: " + ", ".join(f"{t.model}/{t.name} ({t.message})" for t in report.failed), err=True)
+        sys.exit(report.exit_code)
+
+
+@main.command("push")
+@click.argument("artifact", metavar="ARTIFACT", type=click.Path(file_okay=False))
+@click.argument("repo_id", metavar="REPO_ID")
+@click.option("--public", is_flag=True, help="Create the repo public (default: private).")
+@click.option("--endpoint", default=None, help="Hub endpoint (default: $HF_ENDPOINT or https://huggingface.co).")
+def push(artifact: str, repo_id: str, public: bool, endpoint: str | None) -> None:
+    """Upload ARTIFACT to the Hugging Face Hub repo REPO_ID in one commit, with a generated model card
+    (source, target, recipe, fidelity, sizes, the command that built it). Needs a token (HF_TOKEN or
+    `huggingface-cli login`)."""
+    result = api.publish(artifact, repo_id, private=not public, endpoint=endpoint)
+    click.echo(result.url)
 
 
 def _or_dash(value: int | None) -> str:

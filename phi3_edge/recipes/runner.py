@@ -12,6 +12,7 @@ is how a gate failure is told from a broken export.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from phi3_edge.recipes.report import (
 )
 
 ACCURACY_GATE_PREFIX = "accuracy gate:"
+_MEASURED_KL = re.compile(r"KL ([-+0-9.eE]+|nan|inf)")  # the figure the gate's message reports
 REPORT_FILES = ("report.json", "junit.xml", "summary.md")
 # export(source, target spec, artifact folder) -> None; raises Phi3EdgeError when the target fails.
 ExportFunction = Callable[[str, TargetSpec, Path], None]
@@ -98,8 +100,10 @@ def _build_one(recipe: Recipe, model: ModelSpec, target: TargetSpec, export: Exp
         message = " ".join(str(exc).split())
         gates: tuple[GateResult, ...]
         if message.startswith(ACCURACY_GATE_PREFIX):
+            measured = _MEASURED_KL.search(message)
             gates = (GateResult("export", PASSED, "exported, then refused by its accuracy gate"),
-                     GateResult("accuracy", FAILED, message, limit=target.options.max_kl))
+                     GateResult("accuracy", FAILED, message, float(measured.group(1)) if measured else None,
+                                target.options.max_kl))
         else:
             gates = (GateResult("export", ERROR, message),)
         return TargetResult(model.name, target.name, target.target, target.group, str(folder), target_status(gates),

@@ -79,6 +79,7 @@ def test_a_failing_target_fails_alone_and_the_reports_say_which(tmp_path: Path) 
     assert int4.size_bytes == 100 and int4.min_runtime == {"onnxruntime": "1.18.0"}
     assert len(int4.manifest_sha256 or "") == 64
     assert int8.gates[1].status == "failed" and int8.message.startswith(ACCURACY_GATE_PREFIX)
+    assert (int8.gates[1].value, int8.gates[1].limit) == (0.09, 0.05)
     assert mobile.message.endswith("disk full")
     assert [repo for _, repo in pushed] == ["org/demo-cpu-fp32", "org/demo-cpu-int4"]  # only passing targets
     assert failed_line(report).startswith("failed: demo/cpu-int8 (accuracy gate: KL 0.09 > --max-kl 0.05")
