@@ -165,3 +165,16 @@ def test_a_forged_stamp_does_not_skip_a_hash(artifact: Path) -> None:
 def test_a_genai_config_that_disagrees_with_the_graph_is_one_line(artifact: Path, key: str, value: int) -> None:
     edit_genai(artifact, lambda c: c["model"]["decoder"].update({key: value}))
     refused_everywhere(artifact, f"model.decoder {key} is {value}")
+
+
+def test_a_node_of_an_unknown_domain_is_one_line(artifact: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
+    node = model.graph.node[0]
+    node.domain = "evil.custom"  # would need a custom-ops library, which genai_config may not name
+    model.opset_import.append(onnx.helper.make_opsetid("evil.custom", 1))
+    onnx.save(model, str(artifact / "model.onnx"))
+    with pytest.raises(ArtifactError) as caught:
+        load(artifact, verify=False)
+    assert "onnxruntime cannot load it" in str(caught.value) and "\n" not in str(caught.value)
