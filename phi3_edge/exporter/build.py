@@ -62,10 +62,12 @@ def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...],
         model = build_decoder(g, spec, plan, source, linear, heads, on_layer or (lambda layer: None))
         _check_all_used(store, spec, weight_files)
         data_bytes = writer.bytes_written
+        carried = store.carry_log.describe()  # GGUF sources: blocks carried as they are vs re-quantized
+    description = {**heads.description, **({"gguf_blocks": carried} if carried else {})}
     onnx.save_model(model, folder / MODEL_FILE)
     ort_format = write_ort_format(folder, MODEL_FILE, DATA_FILE) if target.ort_format else None
     return GraphStats(len(model.graph.node), data_bytes, time.perf_counter() - started,
-                      plan.rotary_is_fused(spec), heads.description, ort_format)
+                      plan.rotary_is_fused(spec), description, ort_format)
 
 
 def _check_all_used(store: WeightStore, spec: Phi3Spec, weight_files: tuple[Path, ...]) -> None:

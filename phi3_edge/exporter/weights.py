@@ -217,6 +217,9 @@ class WeightStore:
                 self._infos[name], self._owner[name] = info, backend
         self._packed = _packed_views(self._infos)
         self._used: set[str] = set()
+        from phi3_edge.exporter.gguf.carry import CarryLog
+
+        self.carry_log = CarryLog()  # GGUF blocks carried into MatMulNBits vs re-quantized (exporter/gguf/carry.py)
         if on_stage is not None:
             on_stage("headers")  # every header read, nothing converted yet
 
@@ -273,6 +276,22 @@ class WeightStore:
         first, last = rows or (0, info.shape[0])
         pieces = [self._owner[name].read_columns(self._infos[name], start, stop, (a, b))
                   for name, a, b in self._pieces(info, first, last)]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
+
+    def stored_kind(self, info: TensorInfo) -> str | None:
+        """The one block-quantized GGML type behind `info` (all its parts), or None (float, safetensors, mixed
+        types: those are read as float rows)."""
+        kinds = set()
+        for name, _ in self.parts_of(info.name):
+            type_of = getattr(self._owner.get(name), "type_of", None)
+            kinds.add(type_of(name) if type_of is not None else None)
+        kind = kinds.pop() if len(kinds) == 1 else None
+        return kind if kind not in (None, "F32", "F16", "BF16") else None
+
+    def raw_rows(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
+        """Stored bytes of rows [start, stop) (GGUF block-quantized tensors only; see stored_kind)."""
+        owners: dict[str, Any] = self._owner  # only GGUF backends have raw_rows (stored_kind checked that)
+        pieces = [owners[name].raw_rows(name, a, b) for name, a, b in self._pieces(info, start, stop)]
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
 
     def _pieces(self, info: TensorInfo, start: int, stop: int) -> list[tuple[str, int, int]]:

@@ -25,6 +25,7 @@ import numpy as np
 from onnx import TensorProto
 
 from phi3_edge.exporter.blocks.linear import Rows, node_prefix
+from phi3_edge.exporter.gguf.carry import carry_rows
 from phi3_edge.exporter.graph import MS_DOMAIN, GraphBuilder
 from phi3_edge.exporter.weight_source import WeightSource
 from phi3_edge.exporter.weights import TensorInfo
@@ -76,7 +77,8 @@ class NBitsLinear:
         """Quantize a whole (N, K) checkpoint tensor once; returns [B, scales(, zero_points)] initializer names,
         for callers that use them in more than one node (a tied embedding table and lm_head)."""
         info = self.source.info(hf_name, shape)
-        tensors = [g.add_initializer(t) for t in self._write(info, 0, shape[0], stem)]
+        # GatherBlockQuantized (the table's other user) takes no float zero points: no Q4_1 carried here.
+        tensors = [g.add_initializer(t) for t in self._write(info, 0, shape[0], stem, float_zero_points=False)]
         self.source.report(hf_name, info.nbytes)
         return tensors
 
@@ -92,14 +94,15 @@ class NBitsLinear:
             return quantize_hqq(w, self.bits, self.block_size, self.hqq_iters, scale_dtype=self.scale_dtype)
         return quantize_rtn(w, self.bits, self.block_size, self.symmetric, scale_dtype=self.scale_dtype)
 
-    def _write(self, info: TensorInfo, first: int, last: int, name: str) -> list[TensorProto]:
+    def _write(self, info: TensorInfo, first: int, last: int, name: str,
+               float_zero_points: bool = True) -> list[TensorProto]:
         """B, scales and (unless symmetric) zero points of rows [first, last), from one pass."""
         n, k = last - first, info.shape[1]
         blocks = n_blocks(k, self.block_size)
         side = _SideTensors()
         writer = self.source.writer
         tensors = [writer.write(f"{name}.qweight", (n, blocks, self.block_size * self.bits // 8), "uint8",
-                                self._packed_chunks(info, first, last, side))]
+                                self._packed_chunks(info, first, last, side, float_zero_points))]
         tensors.append(writer.write(f"{name}.scales", (n, blocks), self.scale_dtype, side.scales))
         if side.zero_points:
             zero = side.zero_points[0]
@@ -107,9 +110,13 @@ class NBitsLinear:
                                         side.zero_points))
         return tensors
 
-    def _packed_chunks(self, info: TensorInfo, first: int, last: int, side: _SideTensors) -> Iterator[np.ndarray]:
-        for rows in self.source.row_blocks(info, (first, last)):
-            quantized = self.quantize(rows)
+    def _packed_chunks(self, info: TensorInfo, first: int, last: int, side: _SideTensors,
+                       float_zero_points: bool = True) -> Iterator[np.ndarray]:
+        # GGUF Q4_0/Q4_1/Q8_0 blocks that match the recipe go straight through (exporter/gguf/carry.py).
+        carried = carry_rows(self.source.store, info, (first, last), self.bits, self.block_size, self.scale_dtype,
+                             float_zero_points=float_zero_points)
+        chunks = carried if carried is not None else map(self.quantize, self.source.row_blocks(info, (first, last)))
+        for quantized in chunks:
             side.scales.append(quantized.scales.astype(self.scale_dtype))
             if quantized.zero_points is not None:
                 side.zero_points.append(self._zero_point_input(quantized.zero_points))

@@ -1,0 +1,105 @@
+"""GGUF blocks carried into MatMulNBits as they are: no dequantize, no second rounding.
+
+Where the formats meet (blocks of 32 along K, one fp16 scale each):
+
+    Q4_0  d, 16 bytes of nibbles    w = (q - 8) * d        -> int4, scale d, zero point 8 (the default)
+    Q8_0  d, 32 int8                w = q * d              -> int8, code q + 128, zero point 128 (the default)
+    Q4_1  d, m, 16 bytes            w = q * d + m          -> int4, scale d, float zero point -m / d
+                                                              (d == 0: every weight is m: code 1, scale m, zp 0)
+
+GGUF packs element j with element j + 16 in one byte (low, high nibble); MatMulNBits packs consecutive pairs,
+so the codes are unpacked and repacked: the same integers, moved. Q4_1's float zero point is exact only in
+float32 scales (fp16 would round -m/d), so it is carried for float32 I/O only; a symmetric recipe then gains
+a zero-point input (MatMulNBits takes float zero points, as HQQ uses them).
+Anything else (other types, other widths or blocks, mixed types across a packed q|k|v) is dequantized and
+quantized by the recipe, as before; `CarryLog` counts both, for the summary and manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from phi3_edge.quantize.blockwise import QuantizedBlocks
+
+if TYPE_CHECKING:
+    from phi3_edge.exporter.weights import TensorInfo, WeightStore
+
+BLOCK = 32
+_FORMATS = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}  # GGML type -> the MatMulNBits width it carries into
+ROWS_PER_CHUNK = 1024
+
+
+@dataclass
+class CarryLog:
+    """Which tensors went straight through and which were re-quantized, by GGML type."""
+
+    carried: dict[str, int] = field(default_factory=dict)
+    requantized: dict[str, int] = field(default_factory=dict)
+
+    def note(self, kind: str, carried: bool) -> None:
+        book = self.carried if carried else self.requantized
+        book[kind] = book.get(kind, 0) + 1
+
+    def describe(self) -> str | None:
+        if not self.carried and not self.requantized:
+            return None
+        parts = [f"{n} {k} carried as they are" for k, n in sorted(self.carried.items())]
+        parts += [f"{n} {k} dequantized and re-quantized" for k, n in sorted(self.requantized.items())]
+        return "; ".join(parts)
+
+
+def can_carry(kind: str, bits: int, block_size: int, scale_dtype: str) -> bool:
+    if _FORMATS.get(kind) != bits or block_size != BLOCK:
+        return False
+    return kind != "Q4_1" or scale_dtype == "float32"
+
+
+def carried_chunks(raw_rows: Iterator[np.ndarray], kind: str, k: int) -> Iterator[QuantizedBlocks]:
+    """QuantizedBlocks for each chunk of stored rows ((rows, row_bytes) uint8) of one GGML type."""
+    for raw in raw_rows:
+        yield to_blocks(raw, kind, k)
+
+
+def to_blocks(raw: np.ndarray, kind: str, k: int) -> QuantizedBlocks:
+    rows, blocks = raw.shape[0], k // BLOCK
+    if kind == "Q8_0":
+        data = raw.reshape(rows, blocks, 34)  # (N, n_blocks, 2 + 32)
+        scales = data[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)  # (N, n_blocks)
+        codes = (data[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)  # (N, n_blocks, 32)
+        return QuantizedBlocks(codes, scales, None, 8, k)
+    width = 18 if kind == "Q4_0" else 20
+    data = raw.reshape(rows, blocks, width)  # (N, n_blocks, header + 16)
+    halves = data[..., :width - 16].copy().view(np.float16).astype(np.float32)  # (N, n_blocks, 1 or 2)
+    nibbles = data[..., width - 16:]  # (N, n_blocks, 16)
+    codes = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1)  # (N, n_blocks, 32): element j, j + 16
+    scales = halves[..., 0]
+    if kind == "Q4_0":
+        return QuantizedBlocks(codes, scales, None, 4, k)
+    minimum = halves[..., 1]
+    flat = scales == 0  # every weight of the block is m
+    safe = np.where(flat, 1.0, scales)
+    zero = np.where(flat, 0.0, -minimum / safe).astype(np.float32)  # (q - zp) * d = q d + m
+    codes = np.where(flat[..., None], np.uint8(1), codes).astype(np.uint8)
+    scales = np.where(flat, minimum, scales).astype(np.float32)
+    return QuantizedBlocks(codes, scales, zero, 4, k)
+
+
+def carry_rows(store: WeightStore, info: TensorInfo, rows: tuple[int, int], bits: int, block_size: int,
+               scale_dtype: str, *, float_zero_points: bool = True) -> Iterator[QuantizedBlocks] | None:
+    """The stored blocks of rows [first, last) of `info` as QuantizedBlocks, chunk by chunk, when they can be
+    carried into this recipe losslessly (and logged either way); None: quantize from float rows instead."""
+    kind = store.stored_kind(info)
+    if kind is None:
+        return None  # float or safetensors weights: nothing to carry, nothing to log
+    ok = can_carry(kind, bits, block_size, scale_dtype) and (float_zero_points or kind != "Q4_1")
+    store.carry_log.note(kind, ok)
+    if not ok:
+        return None
+    first, last = rows
+    starts = range(first, last, ROWS_PER_CHUNK)
+    raw = (store.raw_rows(info, a, min(last, a + ROWS_PER_CHUNK)) for a in starts)
+    return carried_chunks(raw, kind, info.shape[1])

@@ -1,0 +1,80 @@
+"""Lossless where GGUF and MatMulNBits meet: Q4_0 / Q4_1 / Q8_0 blocks carried into MatMulNBits as they are.
+
+An int4 (int8) artifact built from such a file, at accuracy level 0 (fp32 arithmetic), equals a cpu-fp32
+export of the same file's dequantized weights within 1e-4 over the prompt and 16 decode steps: no second
+rounding happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures.llama_gguf import llama_model, write_gguf
+from fixtures.reference import Reference, ort_incremental
+from fixtures.tokenizer import write_tiny_tokenizer
+from phi3_edge.api import export
+from phi3_edge.exporter.build import export_graph
+from phi3_edge.exporter.config import load_spec
+from phi3_edge.exporter.gguf.carry import to_blocks
+from phi3_edge.targets.table import get_target
+
+STEPS = 16
+IDS = np.random.default_rng(11).integers(0, 352, size=12).tolist()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tok")
+    write_tiny_tokenizer(folder)
+    return folder
+
+
+def _run(folder: Path, path: Path) -> Reference:
+    spec = load_spec(path)
+    return ort_incremental(folder / "model.onnx", IDS, STEPS, spec.num_layers, spec.num_kv_heads, spec.head_dim)
+
+
+def _quantized_export(path: Path, folder: Path, target: str) -> dict[str, str]:
+    folder.mkdir()
+    exact = dataclasses.replace(get_target(target), accuracy_level=0)  # fp32 arithmetic inside MatMulNBits
+    stats = export_graph(load_spec(path), exact, (path,), folder)
+    return stats.heads
+
+
+@pytest.mark.parametrize(("qtype", "target"), [("Q4_0", "cpu-int4"), ("Q4_1", "cpu-int4"), ("Q8_0", "cpu-int8")])
+def test_carried_blocks_equal_the_dequantized_fp32_export(tokenizer_dir: Path, tmp_path: Path, qtype: str,
+                                                          target: str) -> None:
+    path = write_gguf(tmp_path / f"{qtype}.gguf", llama_model("gqa"), "llama", qtype, tokenizer_folder=tokenizer_dir)
+    export(str(path), target="cpu-fp32", output=tmp_path / "fp32", progress=False)
+    heads = _quantized_export(path, tmp_path / "quant", target)
+    assert heads["gguf_blocks"].endswith(f"{qtype} carried as they are"), heads  # every matrix carried
+    reference, ours = _run(tmp_path / "fp32", path), _run(tmp_path / "quant", path)
+    np.testing.assert_allclose(ours.prompt_logits, reference.prompt_logits, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ours.step_logits, reference.step_logits, atol=1e-4, rtol=0)
+    assert ours.tokens == reference.tokens
+
+
+def test_other_types_are_requantized_and_say_so(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """Q8_0 matrices into int4: dequantized, quantized by the recipe, and the manifest says so."""
+    path = write_gguf(tmp_path / "q8.gguf", llama_model("gqa"), "llama", "Q8_0", tokenizer_folder=tokenizer_dir)
+    result = export(str(path), target="cpu-int4", output=tmp_path / "int4", progress=False, fidelity=False)
+    recipe = json.loads((result.output / "manifest.json").read_text())["recipe"]
+    assert "Q8_0 dequantized and re-quantized" in recipe["gguf_blocks"]
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+def test_block_conversion_is_exact(qtype: str) -> None:
+    import gguf
+
+    w = np.random.default_rng(0).standard_normal((6, 96)).astype(np.float32)
+    w[0, :32] = 0.25  # a constant block: Q4_1's scale is 0 there
+    kind = gguf.GGMLQuantizationType[qtype]
+    raw = gguf.quants.quantize(w, kind)
+    blocks = to_blocks(raw, qtype, 96)
+    ours = (blocks.q.astype(np.float32) - blocks.effective_zero_points()[..., None]) * blocks.scales[..., None]
+    np.testing.assert_allclose(ours.reshape(6, 96), gguf.quants.dequantize(raw, kind), rtol=0, atol=1e-6)
