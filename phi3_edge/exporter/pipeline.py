@@ -2,7 +2,7 @@
 
     ExportRequest ─► decide_recipe ─► staged_artifact(output) ─┬─► export_graph (model.onnx + .data)
                                                                ├─► tokenizer files, genai_config.json
-                                                               ├─► accuracy gate (vs a reference export)
+                                                               ├─► accuracy gate (vs the streamed reference)
                                                                ├─► Optimum layout (request.layout)
                                                                └─► manifest.json (hashes everything else) ─► rename
 """
@@ -86,8 +86,8 @@ def _accuracy_gate(checkpoint: Checkpoint, quantized: bool, request: ExportReque
 
     def gate(candidate: Path) -> dict[str, Any]:
         if request.progress is not False:
-            print(f"measuring fidelity against a {REFERENCE_TARGET} export of the same checkpoint", file=sys.stderr,
-                  flush=True)
+            print(f"measuring fidelity against the {REFERENCE_TARGET} reference, streamed from the checkpoint",
+                  file=sys.stderr, flush=True)
         return measure(candidate, checkpoint.root)
 
     return gate

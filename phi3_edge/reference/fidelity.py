@@ -10,7 +10,7 @@ layer's weights and the hidden states, and no temporary file is written.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,8 @@ TOKENIZER_NAME = TOKENIZER_FILE
 def compare_to_checkpoint(spec: Phi3Spec, weight_files: Sequence[Path], artifact: str | Path, *,
                           text: str | None = None, prompts: Sequence[str] = PROMPTS, window: int = DEFAULT_WINDOW,
                           checkpoint_tokenizer: Path | None = None, threads: int | None = None,
-                          verify_artifact: bool = False) -> FidelityReport:
+                          verify_artifact: bool = False,
+                          on_layer: Callable[[int, int], None] | None = None) -> FidelityReport:
     """KL(reference || artifact) and top-1 agreement on `prompts`; both perplexities on `text`.
 
     verify_artifact: hash `artifact` against its manifest first, as `eval` does for a finished folder (the gate
@@ -59,7 +60,7 @@ def compare_to_checkpoint(spec: Phi3Spec, weight_files: Sequence[Path], artifact
     reference = CheckpointSide(spec, weight_files, threads=threads)
     with reference, candidate:
         stats = compare(reference, candidate, [*prompt_ids, *text_windows], reference.default_vocab_chunk(),
-                        with_targets=True)
+                        with_targets=True, on_layer=on_layer)
     guard.confirm()  # every segment read the folder as it was checked
     prompt_stats, text_stats = stats[:len(prompt_ids)], stats[len(prompt_ids):]
     kl = np.concatenate([s.kl() for s in prompt_stats])

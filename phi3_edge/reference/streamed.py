@@ -25,7 +25,7 @@ layer, for the sequences given.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -146,8 +146,9 @@ def reference_activations(model: LayeredModel, sequences: Sequence[Sequence[int]
 
 
 def compare(ref: LayeredModel, cand: LayeredModel, sequences: Sequence[Sequence[int]], vocab_chunk: int,
-            with_targets: bool = False) -> list[TokenStats]:
-    """TokenStats of each sequence (targets: the next token at each position, the last has none)."""
+            with_targets: bool = False, on_layer: Callable[[int, int], None] | None = None) -> list[TokenStats]:
+    """TokenStats of each sequence (targets: the next token at each position, the last has none).
+    on_layer(done, total) after each layer of each group: the gate's progress bar."""
     if ref.vocab_size != cand.vocab_size:
         raise ValueError(f"vocabularies differ: {ref.vocab_size} and {cand.vocab_size}")
     stats: list[TokenStats] = []
@@ -158,6 +159,8 @@ def compare(ref: LayeredModel, cand: LayeredModel, sequences: Sequence[Sequence[
         for layer in range(ref.num_layers):  # in step: one layer of each side in memory, one after the other
             ref_states = ref.run_layer(layer, ref_states)
             cand_states = cand.run_layer(layer, cand_states)
+            if on_layer is not None:
+                on_layer(layer + 1, ref.num_layers)
         group_stats = [TokenStats.empty(len(ids)) for ids in chosen]
         targets = [_targets(ids, with_targets) for ids in chosen]
         for (start, ref_chunk), (cand_start, cand_chunk) in zip(ref.head_chunks(ref_states, vocab_chunk),
