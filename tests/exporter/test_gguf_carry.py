@@ -48,7 +48,10 @@ def _quantized_export(path: Path, folder: Path, target: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(("qtype", "target"), [("Q4_0", "cpu-int4"), ("Q4_1", "cpu-int4"), ("Q8_0", "cpu-int8")])
 def test_carried_blocks_equal_the_dequantized_fp32_export(tokenizer_dir: Path, tmp_path: Path, qtype: str,
-                                                          target: str) -> None:
+                                                          target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from phi3_edge.exporter.gguf import carry
+
+    monkeypatch.setattr(carry, "CARRY_FLOAT_ZERO_POINTS", True)  # Q4_1: off by default for kernel speed only
     path = write_gguf(tmp_path / f"{qtype}.gguf", llama_model("gqa"), "llama", qtype, tokenizer_folder=tokenizer_dir)
     export(str(path), target="cpu-fp32", output=tmp_path / "fp32", progress=False)
     heads = _quantized_export(path, tmp_path / "quant", target)
@@ -65,6 +68,13 @@ def test_other_types_are_requantized_and_say_so(tokenizer_dir: Path, tmp_path: P
     result = export(str(path), target="cpu-int4", output=tmp_path / "int4", progress=False, fidelity=False)
     recipe = json.loads((result.output / "manifest.json").read_text())["recipe"]
     assert "Q8_0 dequantized and re-quantized" in recipe["gguf_blocks"]
+
+
+def test_q4_1_is_requantized_by_default() -> None:
+    from phi3_edge.exporter.gguf.carry import can_carry
+
+    assert can_carry("Q4_0", 4, 32, "float32") and not can_carry("Q4_1", 4, 32, "float32")
+    assert not can_carry("Q4_0", 4, 128, "float32") and not can_carry("Q8_0", 4, 32, "float32")
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])

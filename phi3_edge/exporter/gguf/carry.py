@@ -10,7 +10,8 @@ Where the formats meet (blocks of 32 along K, one fp16 scale each):
 GGUF packs element j with element j + 16 in one byte (low, high nibble); MatMulNBits packs consecutive pairs,
 so the codes are unpacked and repacked: the same integers, moved. Q4_1's float zero point is exact only in
 float32 scales (fp16 would round -m/d), so it is carried for float32 I/O only; a symmetric recipe then gains
-a zero-point input (MatMulNBits takes float zero points, as HQQ uses them).
+a zero-point input (MatMulNBits takes float zero points, as HQQ uses them), and only when
+CARRY_FLOAT_ZERO_POINTS is on (off by default: the CPU kernel is slow with them, see below).
 Anything else (other types, other widths or blocks, mixed types across a packed q|k|v) is dequantized and
 quantized by the recipe, as before; `CarryLog` counts both, for the summary and manifest.
 """
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 BLOCK = 32
 _FORMATS = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}  # GGML type -> the MatMulNBits width it carries into
 ROWS_PER_CHUNK = 1024
+# Q4_1 carried needs float zero points, and onnxruntime 1.32's CPU MatMulNBits takes a slow path with them:
+# SmolLM2-135M cpu-int4 decoded at 0.65 tok/s carried vs 11.8 tok/s re-quantized to symmetric int4 (2-core x86,
+# `phi3-edge bench --prompt-len 64 --gen-len 32`). So Q4_1 is re-quantized by default; the carry stays exact
+# and tested (tests/exporter/test_gguf_carry.py turns this on) for runtimes whose kernel is fast with them.
+CARRY_FLOAT_ZERO_POINTS = False
 
 
 @dataclass
@@ -55,7 +61,7 @@ class CarryLog:
 def can_carry(kind: str, bits: int, block_size: int, scale_dtype: str) -> bool:
     if _FORMATS.get(kind) != bits or block_size != BLOCK:
         return False
-    return kind != "Q4_1" or scale_dtype == "float32"
+    return kind != "Q4_1" or (CARRY_FLOAT_ZERO_POINTS and scale_dtype == "float32")
 
 
 def carried_chunks(raw_rows: Iterator[np.ndarray], kind: str, k: int) -> Iterator[QuantizedBlocks]:
