@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fixtures.checkpoints import ORIGINAL_MAX_POSITIONS, SLIDING_WINDOW
 from fixtures.reference import hf_generate_greedy
-
 from phi3_edge.api import load
 from phi3_edge.edge_runtime.generate import Generator
 from phi3_edge.edge_runtime.kv_pass import SharedBufferPass

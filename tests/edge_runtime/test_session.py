@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures.checkpoints import ORIGINAL_MAX_POSITIONS
 
+from fixtures.checkpoints import ORIGINAL_MAX_POSITIONS
 from phi3_edge.api import load
 from phi3_edge.artifact_contract import MANIFEST_FILE, ROPE_SWITCH_KEY
 from phi3_edge.edge_runtime.decoder_config import read_decoder_config
