@@ -123,12 +123,14 @@ def export_targets(request: ExportRequest, targets: list[str]) -> list[ExportRes
 
 
 def build(recipe: str | Path, *, model: str | None = None, group: str | None = None, targets: tuple[str, ...] = (),
-          report_dir: str | Path | None = None, push: bool = False, command: str | None = None) -> BuildReport:
+          report_dir: str | Path | None = None, push: bool = False, command: str | None = None,
+          concurrent: bool = True) -> BuildReport:
     """Run a build recipe (phi3_edge/recipes): every selected model x target exported, gated and reported.
 
-    Targets are exported one after another (each reads the checkpoint; the page cache serves the repeats when it
-    holds the checkpoint). A target that fails fails alone; report.exit_code says whether any did. With
-    report_dir: report.json, junit.xml, summary.md there (and $GITHUB_STEP_SUMMARY when set)."""
+    A model's targets are exported side by side (concurrent, one thread each: they stream the checkpoint
+    together, so the page cache serves each page read from disk to all of them), or one after another. A target
+    that fails fails alone; report.exit_code says whether any did. With report_dir: report.json, junit.xml,
+    summary.md there (and $GITHUB_STEP_SUMMARY when set)."""
     from phi3_edge.exporter.optimum_layout import OPTIMUM_LAYOUT
     from phi3_edge.recipes import TargetSpec, parse_recipe
     from phi3_edge.recipes.runner import Selection, run_build, write_reports
@@ -147,7 +149,7 @@ def build(recipe: str | Path, *, model: str | None = None, group: str | None = N
     if push and parsed.publish_repo is None:
         raise Phi3EdgeError("--push: the recipe has no [publish] repo_id", parsed.path)
     report = run_build(parsed, export_one, selection=Selection(model, group, tuple(targets)),
-                       push=push_one if push else None)
+                       push=push_one if push else None, concurrent=concurrent)
     if report_dir is not None:
         write_reports(report, Path(report_dir))
     return report

@@ -340,8 +340,10 @@ def targets() -> None:
 @click.option("--matrix", "as_matrix", is_flag=True,
               help="Print the CI matrix (one job per model x group) as a `matrix=<json>` line and exit.")
 @click.option("--print-output", is_flag=True, help="Print the recipe's output folder and exit.")
+@click.option("--sequential", is_flag=True,
+              help="Export a model's targets one after another (least memory) instead of side by side.")
 def build(recipe: str, model: str | None, group: str | None, targets: str | None, report_dir: str | None,
-          push: bool, as_matrix: bool, print_output: bool) -> None:
+          push: bool, as_matrix: bool, print_output: bool, sequential: bool) -> None:
     """Export every model x target of a build RECIPE (TOML, see examples/build.toml), gate and report them.
 
     A target that fails (its accuracy gate, a bad option) fails alone and the build goes on. Exit codes: 0 every
@@ -354,7 +356,7 @@ def build(recipe: str, model: str | None, group: str | None, targets: str | None
         return
     names = tuple(name.strip() for name in (targets or "").split(",") if name.strip())
     report = api.build(recipe, model=model, group=group, targets=names, report_dir=report_dir, push=push,
-                       command=command_line())
+                       command=command_line(), concurrent=not sequential)
     rows = [(f"{t.model}/{t.name}", t.status, "-" if t.size_bytes is None else _size(t.size_bytes),
              f"{(t.fidelity or {}).get('kl', '-'):.4g}" if (t.fidelity or {}).get("kl") is not None else "-",
              str((t.min_runtime or {}).get("onnxruntime", "-")), f"{t.seconds:.1f} s") for t in report.targets]

@@ -67,7 +67,7 @@ def test_a_failing_target_fails_alone_and_the_reports_say_which(tmp_path: Path) 
         pushed.append((folder, repo))
         return f"https://hub/{repo}/commit/1"
 
-    report = run_build(recipe, _fake_export(calls), log=BuildLog(stream, {}), push=push)
+    report = run_build(recipe, _fake_export(calls), log=BuildLog(stream, {}), push=push, concurrent=False)
     assert [name for _, name, _ in calls] == ["cpu-fp32", "cpu-int4", "cpu-int8", "mobile-int4"]
     assert calls[1][2] == tmp_path / "out" / "demo" / "cpu-int4"
     assert [(t.name, t.status) for t in report.targets] == [("cpu-fp32", "passed"), ("cpu-int4", "passed"),
@@ -91,6 +91,16 @@ def test_a_failing_target_fails_alone_and_the_reports_say_which(tmp_path: Path) 
     assert json.loads(written[0].read_text(encoding="utf-8"))["failed"] == ["demo/cpu-int8", "demo/mobile-int4"]
     root = ET.parse(written[1]).getroot()
     assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("9", "1", "1")
+
+
+def test_concurrent_targets_report_in_recipe_order_and_count_one_pass(tmp_path: Path) -> None:
+    recipe = parse_recipe_text(RECIPE, tmp_path / "build.toml")
+    calls: list[tuple[str, str, Path]] = []
+    report = run_build(recipe, _fake_export(calls), log=BuildLog(io.StringIO(), {}))
+    assert sorted(name for _, name, _ in calls) == ["cpu-fp32", "cpu-int4", "cpu-int8", "mobile-int4"]
+    assert [(t.name, t.status) for t in report.targets] == [("cpu-fp32", "passed"), ("cpu-int4", "passed"),
+                                                            ("cpu-int8", "failed"), ("mobile-int4", "error")]
+    assert report.read_passes == 1 and report.exit_code == 3
 
 
 def test_selection_runs_one_matrix_cell(tmp_path: Path) -> None:
