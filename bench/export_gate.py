@@ -6,8 +6,9 @@ Checkpoints: random bf16 Phi-3-mini shapes (3072 hidden, 8192 intermediate, 32 h
 BPE tokenizer so the gate's prompts are real token sequences), generated once with numpy into --work
 (bench/checkpoints.py). Each export runs `bench/export_phases.py` in its own subprocess with default options
 (so the gate runs); peak RSS is max(polled process-tree RSS, wait4 ru_maxrss). Temporary disk is the peak of
-everything under the output's parent folder (where the staging folder lives) and of new entries in the system
-temp folder, minus the final output. Time per phase comes from the child's timers (export_phases.py).
+everything under the output's parent folder (where the staging folder lives) minus the final output; new
+entries in the system temp folder are reported beside it (on a shared machine, other processes' count too).
+Time per phase comes from the child's timers (export_phases.py).
 `--builder` adds onnxruntime-genai's builder (int4, its CPU defaults) on the same checkpoint: memory-hungry
 (8.3 GB at 8 layers), so off by default.
 """
@@ -42,7 +43,8 @@ class Run:
     peak_rss_bytes: int = 0
     wall_s: float = 0.0
     cpu_s: float = 0.0  # user + system of the child: the figure to compare on a machine shared with others
-    temp_disk_bytes: int = 0
+    temp_disk_bytes: int = 0  # peak of the output's parent folder (staging + output) minus the final output
+    new_tmp_bytes: int = 0  # peak of new entries in the system temp folder: other processes' files count too
     output_bytes: int = 0
     returncode: int = 0
     phases: dict[str, float] = field(default_factory=dict)
@@ -74,11 +76,12 @@ def measure(run: Run, argv: list[str], out_parent: Path, output: Path) -> Run:
     with log_path.open("wb") as log:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        polled, disk, status, usage, tick = 0, 0, 0, None, 0
+        polled, disk, tmp, status, usage, tick = 0, 0, 0, 0, None, 0
         while True:
             polled = max(polled, tree_rss(proc.pid))
             if tick % 10 == 0:  # a folder walk every second is enough: big files grow over seconds
-                disk = max(disk, folder_bytes(out_parent) + _new_temp_bytes(before))
+                disk = max(disk, folder_bytes(out_parent))
+                tmp = max(tmp, _new_temp_bytes(before))
             tick += 1
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -90,6 +93,7 @@ def measure(run: Run, argv: list[str], out_parent: Path, output: Path) -> Run:
     run.cpu_s = usage.ru_utime + usage.ru_stime if usage else 0.0
     run.output_bytes = folder_bytes(output)
     run.temp_disk_bytes = max(0, disk - run.output_bytes)
+    run.new_tmp_bytes = tmp
     run.log = str(log_path)
     return run
 
@@ -124,12 +128,12 @@ def print_tables(runs: list[Run]) -> None:
     console = Console(width=160)
     table = Table(title=f"default export, gate included (Phi-3-mini shapes, bf16, {os.cpu_count()} CPUs)")
     for name in ("tool", "layers", "target", "peak RSS (GB)", "wall (s)", "CPU (s)", "temp disk (GB)",
-                 "output (GB)", "gate KL", "gate top-1"):
+                 "new /tmp (GB)", "output (GB)", "gate KL", "gate top-1"):
         table.add_column(name, justify="left" if name in ("tool", "target") else "right")
     for r in runs:
         fid = r.fidelity or {}
         table.add_row(r.tool, str(r.layers), r.target, f"{r.peak_rss_bytes / GB:.2f}", f"{r.wall_s:.1f}",
-                      f"{r.cpu_s:.0f}", f"{r.temp_disk_bytes / GB:.2f}",
+                      f"{r.cpu_s:.0f}", f"{r.temp_disk_bytes / GB:.2f}", f"{r.new_tmp_bytes / GB:.2f}",
                       f"FAILED rc={r.returncode}" if r.returncode else f"{r.output_bytes / GB:.2f}",
                       f"{fid['kl']:.4g}" if "kl" in fid else "-", f"{fid['top1']:.1%}" if "top1" in fid else "-")
     console.print(table)
