@@ -179,12 +179,15 @@ def publish(folder: str | Path, repo_id: str, *, private: bool = True, token: st
 
 
 def load(folder: str | Path, *, intra_op_threads: int | None = None, backend: str = "ort",
-         kv_cache: str = "auto", verify: bool = True) -> EdgeModel:
-    """Open an artifact folder for generation (onnxruntime + tokenizers only; see EdgeModel.load)."""
+         kv_cache: str = "auto", verify: bool = True, allow_unsafe_config: bool = False) -> EdgeModel:
+    """Open an artifact folder for generation (onnxruntime + tokenizers only; see EdgeModel.load).
+
+    `allow_unsafe_config` admits genai_config.json options that load code or write files (custom ops
+    libraries, profiling paths); they are refused by default because an artifact is untrusted input."""
     from phi3_edge.edge_runtime import EdgeModel
 
     return EdgeModel.load(Path(folder), intra_op_threads=intra_op_threads, backend=backend, kv_cache=kv_cache,
-                          verify=verify)
+                          verify=verify, allow_unsafe_config=allow_unsafe_config)
 
 
 def evaluate(artifact: str | Path, reference: str | Path, *, text_file: str | Path | None = None) -> FidelityReport:

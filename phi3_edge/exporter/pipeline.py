@@ -57,7 +57,8 @@ def export_artifact(request: ExportRequest, target: Target, measure: MeasureFide
     recipe = decide_recipe(target, request.quant, model_shape(spec))
     gate = _accuracy_gate(checkpoint, recipe.quantized, request, measure)
     total_bytes = sum(path.stat().st_size for path in checkpoint.weight_files)
-    with staged_artifact(output, force=request.force, on_stage=on_stage) as folder:
+    # The checkpoint folder is protected: `--model X -o X --force` must never delete the user's weights.
+    with staged_artifact(output, force=request.force, on_stage=on_stage, protected=(checkpoint.root,)) as folder:
         with export_progress(total_bytes, spec.num_layers, request.progress) as hooks:
             stats = export_graph(spec, target, checkpoint.weight_files, folder, recipe=recipe,
                                  on_tensor=hooks.on_tensor, on_layer=hooks.on_layer, on_stage=on_stage)

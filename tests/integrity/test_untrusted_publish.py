@@ -83,3 +83,20 @@ def test_sigterm_leaves_no_partial_folder(tmp_path: Path) -> None:
     os.kill(process.pid, signal.SIGTERM)
     assert process.wait(timeout=30) == 128 + signal.SIGTERM
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ready"]  # no .partial-*, no lock, no output
+
+
+def test_export_onto_its_own_checkpoint_is_refused(tmp_path: Path) -> None:
+    """`--model X -o X --force` with a manifest in X: the pipeline passes the checkpoint as protected."""
+    import shutil
+
+    from phi3_edge import api
+    from phi3_edge.exporter.checkpoint import DEMO_DIR
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(DEMO_DIR, checkpoint)
+    names = sorted(p.name for p in checkpoint.iterdir())
+    files = {name: {"sha256": "0" * 64, "bytes": (checkpoint / name).stat().st_size} for name in names}
+    (checkpoint / MANIFEST_NAME).write_text(json.dumps({"format": FORMAT, "files": files}))
+    with pytest.raises(ArtifactError, match="checkpoint"):
+        api.export(str(checkpoint), target="cpu-fp32", output=checkpoint, force=True, progress=False)
+    assert sorted(p.name for p in checkpoint.iterdir()) == sorted([*names, MANIFEST_NAME])
