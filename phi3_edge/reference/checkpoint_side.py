@@ -10,7 +10,7 @@ and in float32 they agree with ORT's kernels to ~1e-6 (the parity test holds the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -26,11 +26,17 @@ from phi3_edge.targets.table import REFERENCE_TARGET, get_target
 
 EMBED_NAME = "model.embed_tokens.weight"
 
+# (checkpoint tensor name, its fp32 rows as read) -> the rows to compute with instead: how calibration
+# (reference/calibrate.py) runs the reference with quantized weights. Applied to every Linear, norm, embedding
+# and lm_head read; the rows given are whole tensors, except embedding rows and lm_head chunks (whole rows).
+WeightMap = Callable[[str, np.ndarray], np.ndarray]
+
 
 class CheckpointSide:
     """A LayeredModel over checkpoint weights (see reference/streamed.py for the protocol)."""
 
-    def __init__(self, spec: Phi3Spec, weight_files: Sequence[Path], *, threads: int | None = None) -> None:
+    def __init__(self, spec: Phi3Spec, weight_files: Sequence[Path], *, threads: int | None = None,
+                 weight_map: WeightMap | None = None) -> None:
         target = get_target(REFERENCE_TARGET)
         self.spec = spec
         self.plan = DecoderPlan(io_dtype="float32", fused_rotary=target.fused_rotary,
@@ -39,6 +45,7 @@ class CheckpointSide:
         self.vocab_size = spec.vocab_size
         self._files = tuple(weight_files)
         self._threads = threads
+        self.weight_map = weight_map
         self._store: WeightStore | None = None
         self._graphs: dict[tuple[bool, bool], tuple[lg.LayerGraph, ort.InferenceSession]] = {}
 
@@ -61,7 +68,7 @@ class CheckpointSide:
 
     def embed(self, ids: Sequence[int]) -> State:
         info = self.store.info(EMBED_NAME, (self.spec.vocab_size, self.spec.hidden_size))
-        rows = {i: self.store.read_rows(info, i, i + 1)[0] for i in sorted(set(ids))}
+        rows = {i: self._mapped(EMBED_NAME, self.store.read_rows(info, i, i + 1))[0] for i in sorted(set(ids))}
         return State(np.stack([rows[i] for i in ids])[None], None)  # (1, S, H)
 
     def run_layer(self, layer: int, states: Sequence[State], hook: ActivationHook | None = None) -> list[State]:
@@ -82,11 +89,12 @@ class CheckpointSide:
     def head_chunks(self, states: Sequence[State], vocab_chunk: int) -> Iterator[tuple[int, list[np.ndarray]]]:
         """(first vocab id, [logits (S, chunk) per sequence]) for consecutive vocab chunks."""
         spec = self.spec
-        normed = [final_norm(state, self._norm("model.norm.weight"), spec.rms_norm_eps) for state in states]
+        norm = self._mapped("model.norm.weight", self._norm("model.norm.weight"))
+        normed = [final_norm(state, norm, spec.rms_norm_eps) for state in states]
         name = EMBED_NAME if spec.tie_word_embeddings else "lm_head.weight"
         info = self.store.info(name, (spec.vocab_size, spec.hidden_size))
         for start in range(0, spec.vocab_size, vocab_chunk):
-            weight = self.store.read_rows(info, start, min(spec.vocab_size, start + vocab_chunk))  # (chunk, H)
+            weight = self._mapped(name, self.store.read_rows(info, start, min(spec.vocab_size, start + vocab_chunk)))
             yield start, [x @ weight.T for x in normed]  # (S, chunk)
 
     def default_vocab_chunk(self) -> int:
@@ -105,10 +113,15 @@ class CheckpointSide:
     def _layer_weights(self, graph: lg.LayerGraph, layer: int) -> dict[str, np.ndarray]:
         feeds: dict[str, np.ndarray] = dict(graph.constants)
         for norm in graph.norms:
-            feeds[norm] = self._norm(lg.checkpoint_name(norm, layer))
+            name = lg.checkpoint_name(norm, layer)
+            feeds[norm] = self._mapped(name, self._norm(name))
         for w in graph.linears:
-            feeds[w.input_name] = self._rows(lg.checkpoint_name(w.hf_name, layer), w)
+            name = lg.checkpoint_name(w.hf_name, layer)
+            feeds[w.input_name] = self._mapped(name, self._rows(name, w))
         return feeds
+
+    def _mapped(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return rows if self.weight_map is None else self.weight_map(name, rows)
 
     def _norm(self, name: str) -> np.ndarray:
         info = self.store.info(name, (self.spec.hidden_size,))

@@ -1,0 +1,182 @@
+"""Quantization recipes judged on real weights (smollm2:135m), through the layer-streamed reference.
+
+Each recipe is applied to the checkpoint's fp32 weights in numpy (quantize, dequantize: the weights MatMulNBits
+would hold) and the model is run layer by layer in float32 (reference/checkpoint_side with a weight_map), so
+every row differs from the fp32 reference by its weights only; ORT's int8 activation rounding at accuracy
+level 4 is not in these figures (it is the same for every int4 row). Held-out texts, not in the calibration
+set: English prose from Python's pydoc topics (the language reference) and Python source (textwrap.py).
+
+Rows: perplexity gap to fp32 on each text, KL(fp32 || row) and top-1 over both, weight bytes (MatMulNBits
+initializers as cpu-int4 stores them: fp32 scales), calibration/quantization seconds. llama.cpp's Q4_0, Q4_K_M
+and Q8_0 of the same (dequantized) weights are measured by llama-perplexity on the same text files against
+its own F32 of them: its tokens and windows differ slightly, so compare gaps, not perplexities.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from phi3_edge.exporter.checkpoint import resolve_checkpoint
+from phi3_edge.exporter.config import Phi3Spec, load_spec
+from phi3_edge.quantize.blockwise import QuantizedBlocks, dequantize, quantize_hqq, quantize_rtn
+from phi3_edge.reference import calibrate as cal
+from phi3_edge.reference.checkpoint_side import EMBED_NAME, CheckpointSide, WeightMap
+from phi3_edge.reference.state import State
+from phi3_edge.reference.streamed import TokenStats
+
+WINDOW = 512
+EVAL_TOKENS = 1024  # per held-out text (2 windows of 512: 2 x 1022 scored positions)
+
+
+@dataclass
+class RealRow:
+    label: str
+    ppl_gap: dict[str, float]  # text -> ppl / ppl_fp32 - 1
+    kl: float
+    top1: float
+    weight_bytes: int
+    seconds: float
+
+
+def held_out_texts() -> dict[str, str]:
+    import pydoc_data.topics as topics
+    import textwrap
+
+    prose = "\n\n".join(topics.topics[k] for k in ("assignment", "if", "while", "for", "try", "with", "function"))
+    return {"prose": prose, "python": Path(textwrap.__file__).read_text(encoding="utf-8")}
+
+
+def quantized_bytes(params: int, k: int, bits: int, block: int, zero: str) -> int:
+    """MatMulNBits bytes for `params` weights of rows of K: codes, fp32 scales, zero points (none/u4/float)."""
+    blocks = params // k * -(-k // block)
+    extra = {"none": 0, "uint": -(-blocks * bits // 8), "float": blocks * 4}[zero]
+    return params * bits // 8 + blocks * 4 + extra
+
+
+BlockFn = Callable[[np.ndarray], QuantizedBlocks]
+
+
+def rtn(bits: int, symmetric: bool = True) -> BlockFn:
+    return lambda w: quantize_rtn(w, bits, 32, symmetric)
+
+
+def hqq(w: np.ndarray) -> QuantizedBlocks:
+    return quantize_hqq(w, 4, 32)
+
+
+def body_map(body: BlockFn | None, table: BlockFn | None, done: dict[str, np.ndarray] | None = None) -> WeightMap:
+    """Quantize every decoder Linear with `body` (or take it from `done`) and the tied table with `table`."""
+    def mapped(name: str, rows: np.ndarray) -> np.ndarray:
+        if done is not None and name in done:
+            return done[name]
+        if name == EMBED_NAME:
+            return rows if table is None else dequantize(table(rows))
+        if name.endswith("_proj.weight") and body is not None:
+            return dequantize(body(rows))
+        return rows
+    return mapped
+
+
+class Bench:
+    def __init__(self, model: str = "smollm2:135m") -> None:
+        self.checkpoint = resolve_checkpoint(model)
+        self.spec: Phi3Spec = load_spec(self.checkpoint.config_path)
+        tok = next(p for p in self.checkpoint.tokenizer_files if p.name == "tokenizer.json")
+        self.tokenizer = Tokenizer.from_file(str(tok))
+        self.texts = held_out_texts()
+        self.eval: dict[str, list[list[int]]] = {}
+        for name, text in self.texts.items():
+            ids = self.tokenizer.encode(text).ids[:EVAL_TOKENS]
+            self.eval[name] = [ids[i:i + WINDOW] for i in range(0, len(ids), WINDOW) if len(ids[i:i + WINDOW]) > 1]
+        self.calibration = cal.sequences_of(self.tokenizer.encode(cal.builtin_calibration_text()).ids)
+        self.all_eval = [s for seqs in self.eval.values() for s in seqs]
+        self.ref_states = self._states(None)
+
+    def side(self, weight_map: WeightMap | None) -> CheckpointSide:
+        return CheckpointSide(self.spec, self.checkpoint.weight_files, weight_map=weight_map)
+
+    def _states(self, weight_map: WeightMap | None) -> list[State]:
+        with self.side(weight_map) as side:
+            states = [side.embed(ids) for ids in self.all_eval]
+            for layer in range(side.num_layers):
+                states = side.run_layer(layer, states)
+        return states
+
+    def measure(self, label: str, weight_map: WeightMap, weight_bytes: int, seconds: float) -> RealRow:
+        states = self._states(weight_map)
+        stats = [TokenStats.empty(len(ids)) for ids in self.all_eval]
+        targets = [np.asarray([*ids[1:], -1], dtype=np.int64) for ids in self.all_eval]
+        with self.side(None) as ref, self.side(weight_map) as cand:
+            chunk = ref.default_vocab_chunk()
+            for (start, r), (_, c) in zip(ref.head_chunks(self.ref_states, chunk), cand.head_chunks(states, chunk),
+                                          strict=True):
+                for held, a, b, t in zip(stats, r, c, targets, strict=True):
+                    held.update(start, a, b, t)
+        gaps: dict[str, float] = {}
+        at = 0
+        for name, seqs in self.eval.items():
+            part = stats[at:at + len(seqs)]
+            at += len(seqs)
+            ref_nll = np.concatenate([s.nll()[0][:-1] for s in part])
+            nll = np.concatenate([s.nll()[1][:-1] for s in part])
+            gaps[name] = math.exp(float(nll.mean() - ref_nll.mean())) - 1
+        kl = float(np.concatenate([s.kl() for s in stats]).mean())
+        top1 = float(np.concatenate([s.arg_r == s.arg_c for s in stats]).mean())
+        return RealRow(label, gaps, kl, top1, weight_bytes, seconds)
+
+    def ref_ppl(self) -> dict[str, float]:
+        out = {}
+        with self.side(None) as ref:
+            at = 0
+            for name, seqs in self.eval.items():
+                part = self.ref_states[at:at + len(seqs)]
+                at += len(seqs)
+                stats = [TokenStats.empty(len(ids)) for ids in seqs]
+                targets = [np.asarray([*ids[1:], -1], dtype=np.int64) for ids in seqs]
+                for start, r in ref.head_chunks(part, ref.default_vocab_chunk()):
+                    for held, a, t in zip(stats, r, targets, strict=True):
+                        held.update(start, a, a, t)
+                nll = np.concatenate([s.nll()[0][:-1] for s in stats])
+                out[name] = math.exp(float(nll.mean()))
+        return out
+
+    def gptq(self, act_order: bool = True) -> tuple[dict[str, np.ndarray], float]:
+        done: dict[str, np.ndarray] = {}
+        started = time.perf_counter()
+
+        def sink(name: str, blocks: QuantizedBlocks) -> None:
+            done[name] = dequantize(blocks)
+
+        def plan(name: str) -> tuple[int, int] | None:
+            return (4, 32) if name.endswith("_proj.weight") else None
+
+        with self.side(None) as side:
+            cal.gptq_calibrate(side, self.calibration, plan, sink, act_order=act_order)
+        return done, time.perf_counter() - started
+
+    def params(self) -> tuple[int, int]:
+        """(decoder Linear weights, tied table weights) of the model."""
+        s = self.spec
+        h, i, kv = s.hidden_size, s.intermediate_size, s.num_kv_heads * s.head_dim
+        per_layer = h * (h + 2 * kv) + h * h + 2 * i * h + i * h
+        return per_layer * s.num_layers, s.vocab_size * h
+
+    def bytes_of(self, body: tuple[int, str], table: tuple[int, str] | None) -> int:
+        """Weight bytes for a body (bits, zero kind) and a tied table (bits, zero kind) or None for fp32."""
+        lin, tab = self.params()
+        s = self.spec
+        out = quantized_bytes(lin, s.hidden_size, body[0], 32, body[1])  # K differs for down; blocks ~equal
+        out += lin // s.num_layers // 7 * 0  # norms: 2 x hidden per layer, below rounding
+        return out + (tab * 4 if table is None else quantized_bytes(tab, s.hidden_size, table[0], 32, table[1]))
+
+
+def summarize(rows: Sequence[RealRow]) -> list[dict[str, object]]:
+    return [{"label": r.label, **{f"ppl_gap_{k}": v for k, v in r.ppl_gap.items()}, "kl": r.kl, "top1": r.top1,
+             "MB": r.weight_bytes / 1e6, "seconds": r.seconds} for r in rows]

@@ -1,0 +1,131 @@
+"""Calibration driver: the layer-streamed forward feeding GPTQ and AWQ, one decoder layer at a time.
+
+    calibration text ─► token sequences ─► embed ─► layer 0 ─► layer 1 ─► ...
+                                                     │ taps: every Linear's input x (S, K)
+                                                     ▼
+                              statistics of layer i (GPTQ: H = sum x^T x; AWQ: mean |x| and a token sample)
+                                                     ▼
+                              quantize layer i's Linears ─► rerun layer i with them ─► states for layer i+1
+
+Inputs of layer i come from the *quantized* layers 0..i-1 (GPTQ's sequential mode): each layer then fits the
+activations the deployed model will really feed it, so it also absorbs part of the earlier layers' error
+(the fp32 stream would fit every layer to inputs it never sees once the layers before it are int4). The price
+is one extra forward per layer. Within a layer, o_proj and down_proj see the outputs of fp32 q/k/v and
+gate/up (one forward per layer rather than GPTQ's "true sequential" four).
+
+Memory: the states of the calibration sequences (a few thousand tokens x hidden), one layer's fp32 weights,
+its statistics (K x K per Linear for GPTQ), and the results handed to `sink` as each layer finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from phi3_edge.errors import Phi3EdgeError
+from phi3_edge.quantize.blockwise import QuantizedBlocks, dequantize
+from phi3_edge.quantize.gptq import hessian_factor, quantize_gptq
+from phi3_edge.reference import layer_graph as lg
+from phi3_edge.reference.checkpoint_side import CheckpointSide
+from phi3_edge.reference.state import State
+
+MAX_TOKENS = 4096  # calibration tokens used (GPTQ saturates well below; more only costs time)
+SEQUENCE = 512  # tokens per calibration sequence
+
+# (checkpoint tensor name) -> (bits, block_size), or None to leave that tensor alone
+Plan = Callable[[str], tuple[int, int] | None]
+Sink = Callable[[str, QuantizedBlocks], None]
+
+
+class CalibrationError(Phi3EdgeError):
+    """The calibration text cannot be used (missing, unreadable, too short): one line naming the file."""
+
+
+def builtin_calibration_text() -> str:
+    """The package's own mixed set: prose, Python/SQL/JS, chat-formatted turns (quantize/data/calibration.txt)."""
+    return resources.files("phi3_edge.quantize").joinpath("data/calibration.txt").read_text(encoding="utf-8")
+
+
+def calibration_text(path: Path | None) -> str:
+    if path is None:
+        return builtin_calibration_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"{path}: cannot read the calibration text ({exc.__class__.__name__})") from None
+    if len(text.strip()) < 64:
+        raise CalibrationError(f"{path}: the calibration text has {len(text.strip())} characters; it needs 64+")
+    return text
+
+
+def sequences_of(ids: Sequence[int], length: int = SEQUENCE, budget: int = MAX_TOKENS) -> list[list[int]]:
+    """Consecutive windows of `length` tokens, at most `budget` tokens in all (a short tail is kept if >= 16)."""
+    ids = list(ids)[:budget]
+    return [ids[i:i + length] for i in range(0, len(ids), length) if len(ids[i:i + length]) >= 16]
+
+
+@dataclass
+class LayerStats:
+    """Per-tensor statistics of one layer's Linear inputs, summed over every calibration token."""
+
+    hessians: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (K, K) float64, sum x^T x
+    abs_mean: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (K,) sum |x| (divide by tokens)
+    samples: dict[str, list[np.ndarray]] = field(default_factory=dict)  # name -> x rows kept for AWQ's search
+    tokens: dict[str, int] = field(default_factory=dict)
+    keep_samples: int = 0  # rows of x kept per tensor (AWQ), 0 = none
+
+    def add(self, name: str, x: np.ndarray, hessian: bool) -> None:
+        x64 = x.astype(np.float64)  # (S, K)
+        if hessian:
+            self.hessians[name] = self.hessians.get(name, 0.0) + x64.T @ x64  # (K, K)
+        self.abs_mean[name] = self.abs_mean.get(name, 0.0) + np.abs(x64).sum(axis=0)
+        self.tokens[name] = self.tokens.get(name, 0) + len(x)
+        held = self.samples.setdefault(name, [])
+        room = self.keep_samples - sum(len(s) for s in held)
+        if room > 0:
+            held.append(x[:room].astype(np.float32))
+
+
+def layer_stats(side: CheckpointSide, layer: int, states: Sequence[State], *, hessian: bool,
+                keep_samples: int = 0) -> LayerStats:
+    stats = LayerStats(keep_samples=keep_samples)
+    side.run_layer(layer, states, lambda _layer, _index, name, x: stats.add(name, x, hessian))
+    return stats
+
+
+def gptq_calibrate(side: CheckpointSide, sequences: Sequence[Sequence[int]], plan: Plan, sink: Sink, *,
+                   act_order: bool = True, damp: float = 0.01, on_layer: Callable[[int], None] | None = None) -> None:
+    """GPTQ every Linear `plan` names, layer by layer; each result goes to `sink` and into the stream.
+
+    `side` must carry no weight_map of its own: this installs one that substitutes the layers done so far.
+    """
+    done: dict[str, np.ndarray] = {}  # dequantized weights of the current layer only (earlier ones are dropped)
+    side.weight_map = lambda name, rows: done.get(name, rows)
+    states = [side.embed(ids) for ids in sequences]
+    for layer in range(side.num_layers):
+        stats = layer_stats(side, layer, states, hessian=True)
+        done.clear()
+        for name, h in stats.hessians.items():
+            shape = plan(name)
+            if shape is None:
+                continue
+            w = side.store.read_rows(side.store.info(name, (side.store.rows_of(name), h.shape[0])), 0,
+                                     side.store.rows_of(name))  # (N, K) fp32
+            factor = hessian_factor(h, damp, act_order)
+            blocks = quantize_gptq(w, h, shape[0], shape[1], damp=damp, act_order=act_order, factor=factor)
+            sink(name, blocks)
+            done[name] = dequantize(blocks)
+        states = side.run_layer(layer, states)  # this layer's outputs with its quantized weights
+        if on_layer is not None:
+            on_layer(layer)
+    side.weight_map = None
+
+
+def linear_names(layer: int) -> list[str]:
+    """Checkpoint names of a layer's Linears in the reference plan (packed qkv, packed gate_up)."""
+    return [lg.checkpoint_name(f"{lg.LAYER_PREFIX}.{stem}.weight", layer)
+            for stem in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")]
