@@ -33,9 +33,9 @@ def replace_with_pickle(folder: Path) -> str:
 
 def set_model_type(folder: Path) -> str:
     config = json.loads((folder / "config.json").read_text())
-    config["model_type"] = "llama"
+    config["model_type"] = "gemma"
     (folder / "config.json").write_text(json.dumps(config))
-    return "llama"
+    return "gemma"
 
 
 def drop_config(folder: Path) -> str:
