@@ -64,7 +64,7 @@ def main() -> None:
             row["kl"], row["top1"] = report.kl, report.top1
         row["gguf_blocks"] = json.loads((folder / "manifest.json").read_text())["recipe"].get("gguf_blocks", "-")
         results.append(row)
-        print(f"done {label}", file=sys.stderr, flush=True)
+        print(f"done {label}: {json.dumps(row)}", file=sys.stderr, flush=True)  # partial runs keep their rows
     if args.json:
         print(json.dumps(results, indent=1))
         return
