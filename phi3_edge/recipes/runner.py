@@ -132,9 +132,19 @@ def _build_one(recipe: Recipe, model: ModelSpec, target: TargetSpec, export: Exp
     failed = next((f"{g.name}: {g.message}" for g in gates if g.status in (FAILED, ERROR)), "")
     files = {name: int(entry.get("bytes", 0)) for name, entry in manifest["files"].items()}
     return TargetResult(model.name, target.name, target.target, target.group, str(folder), status, seconds, gates,
-                        size_bytes=sum(files.values()), files=files, fidelity=manifest.get("fidelity"),
+                        size_bytes=_disk_bytes(folder), files=files, fidelity=manifest.get("fidelity"),
                         manifest_sha256=sha256_file(folder / "manifest.json"),
                         min_runtime=manifest.get("min_runtime"), message=failed)
+
+
+def _disk_bytes(folder: Path) -> int:
+    """Bytes on disk, each file once: the Optimum layout's weights are a hard link to model.onnx.data."""
+    seen: dict[tuple[int, int], int] = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            seen[(stat.st_dev, stat.st_ino)] = stat.st_size
+    return sum(seen.values())
 
 
 def _accuracy_gate(manifest: dict[str, Any], target: TargetSpec) -> GateResult:

@@ -76,7 +76,9 @@ def test_a_failing_target_fails_alone_and_the_reports_say_which(tmp_path: Path) 
     fp32, int4, int8, mobile = report.targets
     assert [g.status for g in fp32.gates] == ["passed", "skipped", "passed"]  # float: accuracy not measured
     assert (int4.gates[1].status, int4.gates[1].value, int4.gates[1].limit) == ("passed", 0.004, 0.05)
-    assert int4.size_bytes == 100 and int4.min_runtime == {"onnxruntime": "1.18.0"}
+    manifest_bytes = (tmp_path / "out" / "demo" / "cpu-int4" / "manifest.json").stat().st_size
+    assert int4.size_bytes == 100 + manifest_bytes and int4.files == {"model.onnx": 100}
+    assert int4.min_runtime == {"onnxruntime": "1.18.0"}
     assert len(int4.manifest_sha256 or "") == 64
     assert int8.gates[1].status == "failed" and int8.message.startswith(ACCURACY_GATE_PREFIX)
     assert (int8.gates[1].value, int8.gates[1].limit) == (0.09, 0.05)
