@@ -68,3 +68,14 @@ def test_every_action_input_used_is_declared_and_required_ones_are_passed() -> N
     assert required <= set(step["with"])
     assert action["runs"]["using"] == "composite"
     assert all(s.get("shell") == "bash" for s in action["runs"]["steps"] if "run" in s)
+
+
+def test_every_build_flag_the_yaml_uses_exists() -> None:
+    """The action and the workflow call `phi3-edge build` with flags: each must be one of the command's options."""
+    from phi3_edge.cli import build
+
+    known = {opt for param in build.params for opt in getattr(param, "opts", [])}
+    text = ACTION.read_text(encoding="utf-8") + WORKFLOW.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if "phi3-edge build" in line or "extra+=" in line]
+    used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", "\n".join(lines)))
+    assert used and used <= known, used - known
