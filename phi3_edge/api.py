@@ -10,14 +10,14 @@ Heavy modules are imported inside the functions: `load()` on a device must not p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.exporter.request import ExportRequest, ExportResult
 from phi3_edge.quantize.recipe import QuantOptions
-from phi3_edge.targets.table import REFERENCE_TARGET, TARGETS, Target
+from phi3_edge.targets.table import DEFAULT_TARGET, REFERENCE_TARGET, TARGETS, Target
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -25,8 +25,10 @@ if TYPE_CHECKING:
     from phi3_edge.edge_runtime import EdgeModel
     from phi3_edge.edge_runtime.artifact_info import ArtifactInfo
     from phi3_edge.edge_runtime.bench import BenchReport
+    from phi3_edge.edge_runtime.ship_files import ShipList
     from phi3_edge.evaluate import FidelityReport
     from phi3_edge.integrity import Report
+    from phi3_edge.model_cache import CacheEntry, ExportRecipe, ResolvedModel
     from phi3_edge.recipes import BuildReport
     from phi3_edge.recipes.push import PushResult
 
@@ -179,15 +181,19 @@ def publish(folder: str | Path, repo_id: str, *, private: bool = True, token: st
 
 
 def load(folder: str | Path, *, intra_op_threads: int | None = None, backend: str = "ort",
-         kv_cache: str = "auto", verify: bool = True, allow_unsafe_config: bool = False) -> EdgeModel:
+         kv_cache: str = "auto", verify: bool = True, allow_unsafe_config: bool = False,
+         allow_cpu: bool = False) -> EdgeModel:
     """Open an artifact folder for generation (onnxruntime + tokenizers only; see EdgeModel.load).
+
+    An artifact built for CUDA or DirectML on a machine whose onnxruntime lacks that provider is refused
+    unless `allow_cpu` (then it runs on the CPU, and the model's provider_notice says so).
 
     `allow_unsafe_config` admits genai_config.json options that load code or write files (custom ops
     libraries, profiling paths); they are refused by default because an artifact is untrusted input."""
     from phi3_edge.edge_runtime import EdgeModel
 
     return EdgeModel.load(Path(folder), intra_op_threads=intra_op_threads, backend=backend, kv_cache=kv_cache,
-                          verify=verify, allow_unsafe_config=allow_unsafe_config)
+                          verify=verify, allow_unsafe_config=allow_unsafe_config, allow_cpu=allow_cpu)
 
 
 def evaluate(artifact: str | Path, reference: str | Path, *, text_file: str | Path | None = None) -> FidelityReport:
@@ -219,6 +225,7 @@ class BenchRequest:
     repeats: int = 1  # timed generations after the warm-up; the best is reported
     threads: int | None = None  # intra-op threads (None: the backend's default)
     verify: bool = True
+    allow_cpu: bool = False  # a CUDA/DirectML artifact without its provider: bench it on the CPU
 
 
 def bench(request: BenchRequest) -> BenchReport:
@@ -227,7 +234,7 @@ def bench(request: BenchRequest) -> BenchReport:
 
     return run_bench(request.folder, request.prompt_len, request.gen_len, backend=request.backend,
                      bandwidth_mb=request.bandwidth_mb, repeats=request.repeats, intra_op_threads=request.threads,
-                     verify=request.verify)
+                     verify=request.verify, allow_cpu=request.allow_cpu)
 
 
 def inspect(folder: str | Path) -> ArtifactInfo:
@@ -269,7 +276,86 @@ def short_names_table() -> str:
     return table()
 
 
-__all__ = ["REFERENCE_TARGET", "BenchRequest", "ExportOptions", "ExportRequest", "ExportResult", "QuantOptions",
-           "bench", "build", "build_matrix", "evaluate", "export", "export_request", "export_targets", "get_target",
-           "inspect", "load", "problem_status", "publish", "recipe_output", "run_export", "short_names_table",
-           "target_names", "targets", "verify"]
+# -- MODEL names, the model cache, device honesty ------------------------------------------------------------
+
+def resolve_model(model: str, *, target: str | None = None, recipe: ExportRecipe | None = None,
+                  progress: bool | None = None, notify: Callable[[str], None] | None = None) -> ResolvedModel:
+    """MODEL (an artifact folder, or anything export() takes) -> an intact artifact folder: a name is exported
+    on first use for this machine's best target (or `target`) into the model cache, and reused afterwards."""
+    from phi3_edge import model_cache
+
+    return model_cache.resolve_model(model, export=export, target=target, recipe=recipe, progress=progress,
+                                     notify=notify)
+
+
+def cached_models() -> list[CacheEntry]:
+    """The model cache's artifacts, most recently used first."""
+    from phi3_edge import model_cache
+
+    return model_cache.list_entries()
+
+
+def remove_cached(selector: str, *, target: str | None = None) -> list[CacheEntry]:
+    """Delete cached artifacts by key, or by the MODEL they came from (only `target`'s, if given)."""
+    from phi3_edge import model_cache
+
+    return model_cache.remove(selector, target=target)
+
+
+def model_cache_root() -> Path:
+    from phi3_edge import model_cache
+
+    return model_cache.cache_root()
+
+
+def export_warnings(request: ExportRequest) -> list[str]:
+    """The options this export would ignore, one line each (the CLI prints them as warnings)."""
+    from phi3_edge.quantize.recipe import DEFAULT_BITS
+
+    target, quant = get_target(request.target), request.quant
+    quantized = target.bits is not None or quant.lm_head not in (None, "float") or quant.embeddings == "quantized"
+    ignored = []
+    if quant.mixed_precision and target.bits != DEFAULT_BITS:
+        ignored.append(f"--mixed-precision applies to int{DEFAULT_BITS} targets; {target.name} has "
+                       f"{target.weight_format} weights, so it changes nothing")
+    if not quantized:
+        what = f"{target.name} has {target.weight_format} weights and nothing else is quantized"
+        ignored += [f"{flag} changes nothing: {what}" for flag, given in (
+            (f"--quant-algo {quant.algo}", quant.algo != QuantOptions.algo),
+            ("--max-kl", request.max_kl is not None), ("--no-fidelity", not request.fidelity)) if given]
+    return ignored
+
+
+def ship_lists(folder: str | Path) -> list[ShipList]:
+    """What an app bundles to run the artifact, per graph format in the folder (mobile: model.ort or the .onnx)."""
+    from phi3_edge.edge_runtime.ship_files import ship_lists as lists
+
+    return lists(folder)
+
+
+def provider_status(folder: str | Path) -> tuple[str, bool]:
+    """(onnxruntime provider the artifact was built for, whether this machine's onnxruntime offers it)."""
+    import onnxruntime
+
+    from phi3_edge.edge_runtime.providers import artifact_provider_key, ort_provider_name
+
+    name = ort_provider_name(artifact_provider_key(Path(folder))[0])
+    return name, name in onnxruntime.get_available_providers()
+
+
+def target_rows() -> list[dict[str, Any]]:
+    """The target table as dicts, with the default edge target marked and whether its provider is here."""
+    import onnxruntime
+
+    from phi3_edge.targets.table import ort_provider
+
+    available = onnxruntime.get_available_providers()
+    return [{**asdict(t), "default": t.name == DEFAULT_TARGET, "ort_provider": ort_provider(t),
+             "available_here": ort_provider(t) in available} for t in TARGETS.values()]
+
+
+__all__ = ["DEFAULT_TARGET", "REFERENCE_TARGET", "BenchRequest", "ExportOptions", "ExportRequest", "ExportResult",
+           "QuantOptions", "bench", "build", "build_matrix", "cached_models", "evaluate", "export", "export_request",
+           "export_targets", "export_warnings", "get_target", "inspect", "load", "model_cache_root", "problem_status",
+           "provider_status", "publish", "recipe_output", "remove_cached", "resolve_model", "run_export",
+           "ship_lists", "short_names_table", "target_names", "target_rows", "targets", "verify"]

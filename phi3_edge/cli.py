@@ -1,12 +1,12 @@
 """`phi3-edge`: parse, build one frozen request, call phi3_edge.api, print. No logic of its own.
 
-Only `phi3_edge.api` is imported (it imports the exporter or the runtime inside each call), so `phi3-edge run`
-never imports onnx, and `--help` stays fast.
+Only `phi3_edge.api` is imported below the CLI (it imports the exporter or the runtime inside each call), so
+`phi3-edge run` never imports onnx, and `--help` stays fast. The MODEL commands (run, chat, list, rm) live in
+cli_models.py, the printing helpers in cli_output.py, the chat loop in chat_repl.py (no click in it).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from collections.abc import Sequence
@@ -16,11 +16,14 @@ from typing import Any
 import click
 
 from phi3_edge import api
+from phi3_edge.cli_models import BACKEND_CHOICES, chat, list_command, rm_command, run
+from phi3_edge.cli_output import print_json, print_table, protect_streams, size, warn
 from phi3_edge.errors import Phi3EdgeError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # click's own code for a bad command line
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+JSON_HELP = "Print one JSON object instead of tables."
 
 
 class _CleanErrors(click.Group):
@@ -28,12 +31,17 @@ class _CleanErrors(click.Group):
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **kwargs: Any) -> Any:
+        protect_streams()  # an ASCII stdout gets '?' for what it cannot show, never a UnicodeEncodeError
         try:
             # standalone_mode=False hands us click's exceptions instead of its multi-line usage banner.
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `phi3-edge` alone: the help, as it is
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            code = 0
         except click.UsageError as exc:
             # One line: an unknown target already lists the valid ones, so the usage banner adds nothing.
-            code = _fail(exc.format_message(), EXIT_USAGE)
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            code = _fail(exc.format_message() + hint, EXIT_USAGE)
         except click.ClickException as exc:
             exc.show()
             code = exc.exit_code
@@ -54,6 +62,9 @@ class _CleanErrors(click.Group):
             if ctx.params.get("debug"):
                 raise
             ctx.exit(_fail("interrupted", EXIT_INTERRUPTED))
+        except BrokenPipeError:  # `phi3-edge targets | head -1`: the reader left, nothing more to say
+            sys.stderr.close()
+            ctx.exit(EXIT_ERROR)
 
 
 def _fail(message: str, code: int) -> int:
@@ -63,9 +74,20 @@ def _fail(message: str, code: int) -> int:
 
 
 @click.group(cls=_CleanErrors)
+@click.version_option(package_name="phi3-edge", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 def main(debug: bool) -> None:
-    """Export Phi-3 checkpoints to ONNX Runtime artifact folders and run them on edge devices."""
+    """Export Phi-3 checkpoints to ONNX Runtime artifact folders and run them on edge devices.
+
+    \b
+    phi3-edge run demo 'def fibonacci(n):'     export on first use (cached), then complete
+    phi3-edge chat phi3:mini                    chat in the terminal (/help inside)
+    phi3-edge export -m demo -o build/demo      an artifact folder for a target (default cpu-int4)
+    """
+
+
+for _command in (run, chat, list_command, rm_command):
+    main.add_command(_command)
 
 
 class _ExportCommand(click.Command):
@@ -79,11 +101,12 @@ class _ExportCommand(click.Command):
 
 
 @main.command(cls=_ExportCommand)
-@click.option("--model", "-m", required=True, help="Local checkpoint folder, Hugging Face id or short name.")
-@click.option("--target", "-t", type=click.Choice(api.target_names()), default=api.REFERENCE_TARGET,
+@click.option("--model", "-m", required=True,
+              help="Local checkpoint folder, Hugging Face id, short name, GGUF file or Ollama name.")
+@click.option("--target", "-t", type=click.Choice(api.target_names()), default=api.DEFAULT_TARGET,
               show_default=True,
               help="Deployment target (see `phi3-edge targets`).")
-@click.option("--output", "-o", type=click.Path(), help="Artifact folder to write.")
+@click.option("--output", "-o", type=click.Path(), required=True, help="Artifact folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
 @click.option("--no-tokenizer", is_flag=True, help="Export even when the checkpoint has no tokenizer.json.")
 @click.option("--quant-algo", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
@@ -109,13 +132,19 @@ class _ExportCommand(click.Command):
               help="Also lay the folder out for Optimum / Transformers.js: config.json, generation_config.json, "
                    "onnx/model{_q4,_int8,_fp16}.onnx beside the files onnxruntime-genai reads.")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the artifact path.")
-def export(quiet: bool, targets: str | None, **options: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the export summary as JSON (no progress display).")
+def export(quiet: bool, targets: str | None, as_json: bool, **options: Any) -> None:
     """Export a Phi-3 checkpoint to an ONNX Runtime artifact folder."""
-    request = export_request(options, quiet=quiet)
+    request = export_request(options, quiet=quiet or as_json)
+    for warning in api.export_warnings(request):
+        warn(warning)
     if targets is not None:
         results = api.export_targets(request, [name.strip() for name in targets.split(",") if name.strip()])
     else:
         results = [api.run_export(request)]
+    if as_json:
+        print_json(results if targets is not None else results[0])
+        return
     for result in results:
         if quiet:
             click.echo(str(result.output))
@@ -142,98 +171,6 @@ def command_line() -> str | None:
     return shlex.join(["phi3-edge", *sys.argv[1:]])
 
 
-BACKEND_CHOICES = ("ort", "genai")
-
-
-def _generation_options(command: Any) -> Any:
-    """The generation options `run` and `chat` share (GenerationOptions' fields)."""
-    options = [
-        click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True),
-        click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
-                     help="Sampling temperature; 0 = greedy."),
-        click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Sample from the k most likely tokens; 0 = off."),
-        click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
-                     help="Sample from the smallest set of tokens whose probability reaches p."),
-        click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=1.0,
-                     show_default=True, help="Penalize tokens already in the sequence (> 1 discourages)."),
-        click.option("--seed", type=int, default=None, help="Random seed: the same seed gives the same sample."),
-        click.option("--stop", multiple=True, help="Stop before this text (repeatable)."),
-        click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="ort", show_default=True,
-                     help="ort: our onnxruntime loop; genai: onnxruntime-genai."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _echo_stream(stream: Any) -> None:
-    for piece in stream:
-        click.echo(piece, nl=False)
-        sys.stdout.flush()  # show each piece as it arrives, even when stdout is a pipe
-    click.echo()
-
-
-def _echo_stats(result: Any) -> None:
-    click.echo(
-        f"{len(result.token_ids)} tokens, {result.tokens_per_second:.1f} tok/s decode, "
-        f"prefill {result.prefill_seconds * 1000:.0f} ms ({result.prompt_tokens} prompt tokens), "
-        f"stop: {result.stop_reason}",
-        err=True,
-    )
-
-
-@main.command()
-@click.argument("folder", metavar="DIR")
-@click.argument("prompt")
-@_generation_options
-@click.option("--chat", "as_chat", is_flag=True, help="Send PROMPT as a user message through the chat template.")
-@click.option("--system", help="System message (with --chat).")
-@click.option("--no-verify", is_flag=True, help="Skip checking the files against manifest.json's hashes.")
-def run(folder: str, prompt: str, backend: str, as_chat: bool, system: str | None, no_verify: bool,
-        **generation: Any) -> None:
-    """Complete PROMPT with the model in artifact folder DIR, streaming to stdout (greedy unless sampling)."""
-    model = api.load(folder, backend=backend, verify=not no_verify)
-    request: Any = prompt
-    if as_chat:
-        request = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    stream = model.stream(request, **generation)
-    _echo_stream(stream)
-    _echo_stats(stream.result)
-
-
-@main.command()
-@click.argument("folder", metavar="DIR")
-@click.option("--system", help="System message at the start of the conversation.")
-@click.option("--truncate", is_flag=True, help="Drop the oldest turns when the conversation outgrows the context.")
-@_generation_options
-@click.option("--no-verify", is_flag=True, help="Skip checking the files against manifest.json's hashes.")
-def chat(folder: str, system: str | None, truncate: bool, backend: str, no_verify: bool, **generation: Any) -> None:
-    """Chat with the model in DIR: one user message per line on stdin; `/exit` or end of input ends it."""
-    model = api.load(folder, backend=backend, verify=not no_verify)
-    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    stdin = sys.stdin
-    while True:
-        if stdin.isatty():
-            click.echo("> ", nl=False, err=True)
-        line = stdin.readline()
-        text = line.strip()
-        if not line or text == "/exit":
-            return
-        if not text:
-            continue
-        messages.append({"role": "user", "content": text})
-        try:
-            stream = model.stream(messages, truncate=truncate, **generation)
-        except Phi3EdgeError as exc:  # e.g. the conversation outgrew the context: say so, keep chatting
-            messages.pop()
-            click.echo(f"error: {' '.join(str(exc).splitlines())}", err=True)
-            continue
-        _echo_stream(stream)
-        assert stream.result is not None  # set once the stream is exhausted
-        messages.append({"role": "assistant", "content": stream.result.text})
-
-
 @main.command()
 @click.argument("folder", metavar="DIR")
 @click.option("--prompt-len", type=click.IntRange(min=1), default=128, show_default=True)
@@ -245,6 +182,8 @@ def chat(folder: str, system: str | None, truncate: bool, backend: str, no_verif
               help="Timed generations after the warm-up; the best TTFT and decode time are reported.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads (default: physical cores for ort, logical CPUs / 2 for genai).")
+@click.option("--allow-cpu", is_flag=True,
+              help="Bench a CUDA/DirectML artifact on the CPU when its provider is missing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the files against manifest.json's hashes.")
 def bench(folder: str, as_json: bool, no_verify: bool, **options: Any) -> None:
@@ -253,9 +192,10 @@ def bench(folder: str, as_json: bool, no_verify: bool, **options: Any) -> None:
     report = api.bench(request)
     prompt_len, gen_len = request.prompt_len, request.gen_len
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        print_json(report.to_json())
         return
-    rows = [("backend", report.backend), ("prompt / new tokens", f"{prompt_len} / {gen_len}"),
+    rows = [("backend", report.backend), ("execution provider", report.provider),
+            ("prompt / new tokens", f"{prompt_len} / {gen_len}"),
             ("TTFT", f"{report.ttft_s * 1000:.1f} ms"), ("prefill", f"{report.prefill_tps:.1f} tok/s"),
             ("decode", f"{report.decode_tps:.2f} tok/s"), ("peak RSS", f"{report.peak_rss_mb:.0f} MB"),
             ("memory bandwidth", f"{report.bandwidth_gbps:.1f} GB/s"),
@@ -264,69 +204,74 @@ def bench(folder: str, as_json: bool, no_verify: bool, **options: Any) -> None:
             ("roofline ratio", f"{report.roofline_ratio:.2f}"),
             ("roofline ratio, streamed bytes", f"{report.roofline_ratio_streamed:.2f} "
                                                f"({report.streamed_weight_bytes / 1e6:.1f} MB: no embedding table)")]
-    _print_table(f"bench {folder}", ("metric", "value"), rows)
+    print_table(f"bench {folder}", ("metric", "value"), rows)
 
 
 @main.command("inspect")
 @click.argument("folder", metavar="DIR")
-def inspect_command(folder: str) -> None:
-    """Op census, I/O signature, file sizes and manifest summary of artifact folder DIR."""
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def inspect_command(folder: str, as_json: bool) -> None:
+    """Op census, I/O signature, file sizes, the files an app must ship, and the manifest of artifact DIR."""
     info = api.inspect(folder)
+    ships = api.ship_lists(folder)
+    provider, here = api.provider_status(folder)
+    if as_json:
+        print_json({"artifact": info, "execution_provider": provider, "provider_available": here, "ship": ships})
+        return
     ops = sorted(info.graph.ops.items(), key=lambda item: (-item[1], item[0]))
-    _print_table("op census", ("op", "nodes"), [(op, str(count)) for op, count in ops])
+    print_table("op census", ("op", "nodes"), [(op, str(count)) for op, count in ops])
     io = [(direction, t.name, t.dtype, f"[{', '.join(str(d) for d in t.shape)}]")
           for direction, values in (("in", info.graph.inputs), ("out", info.graph.outputs)) for t in values]
-    _print_table("I/O signature", ("", "name", "dtype", "shape"), io)
-    files = [(name, _size(size)) for name, size in info.files] + [("total", _size(info.total_bytes))]
-    _print_table("files", ("file", "size"), files)
-    _print_table("manifest", ("", ""), info.summary_rows())
-
-
-def _size(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
-
-
-def _print_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    """A rich table; no `columns`: a two-column key/value table without a header."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(*columns, title=title, show_header=bool(columns))
-    if not columns:
-        table.add_column(style="bold")
-        table.add_column()
-    for row in rows:
-        table.add_row(*(escape(cell) for cell in row))  # "[batch_size, ...]" is data, not rich markup
-    Console().print(table)
+    print_table("I/O signature", ("", "name", "dtype", "shape"), io)
+    files = [(name, size(nbytes)) for name, nbytes in info.files] + [("total", size(info.total_bytes))]
+    print_table("files", ("file", "size"), files)
+    for ship in ships:
+        rows = [(f.name, size(f.size_bytes), f.role if f.required else f"{f.role} (optional)") for f in ship.files]
+        rows.append(("required total", size(ship.required_bytes), ""))
+        print_table(f"an app ships ({ship.variant})", ("file", "size", "why"), rows)
+    summary = [*info.summary_rows(), ("execution provider", f"{provider} ({'available' if here else 'missing'} here)")]
+    print_table("manifest", ("", ""), summary)
 
 
 @main.command()
 @click.argument("folder", metavar="DIR")
-def verify(folder: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def verify(folder: str, as_json: bool) -> None:
     """Check artifact folder DIR against manifest.json: every file's size and sha256, the graph's I/O
     signature, and external data staying inside the folder. Exits 1 with a one-line reason when damaged."""
     report = api.verify(folder)  # full hashes, never the stamp; a good result refreshes the stamp
-
-    status = api.problem_status
-
-    rows = [(f.name, "-" if f.size is None else str(f.size), (f.sha256 or "-")[:12], status(f.problem))
-            for f in report.files]
-    _print_table(f"verify {folder}", ("file", "bytes", "sha256", "status"), rows)
-    graph = [(name, status(problem)) for name, problem in report.graph_problems] or [
-        ("I/O signature", f"{report.io_count} inputs/outputs match manifest.json"),
-        ("external data", ", ".join(report.locations) + " (inside the folder, hashed)" if report.locations else "none")]
-    _print_table("graph", ("check", "status"), graph)
+    if as_json:
+        print_json({"ok": report.ok, "problems": report.problems, "report": report})
+    else:
+        status = api.problem_status
+        rows = [(f.name, "-" if f.size is None else str(f.size), (f.sha256 or "-")[:12], status(f.problem))
+                for f in report.files]
+        print_table(f"verify {folder}", ("file", "bytes", "sha256", "status"), rows)
+        graph = [(name, status(problem)) for name, problem in report.graph_problems] or [
+            ("I/O signature", f"{report.io_count} inputs/outputs match manifest.json"),
+            ("external data",
+             ", ".join(report.locations) + " (inside the folder, hashed)" if report.locations else "none")]
+        print_table("graph", ("check", "status"), graph)
     if not report.ok:
         raise report.error(hint=False)  # the table above already lists every problem
 
 
 @main.command()
-def targets() -> None:
-    """List the deployment targets."""
-    rows = [(t.name, t.execution_provider, t.weight_format, t.io_dtype, _or_dash(t.block_size),
-             _or_dash(t.accuracy_level), t.notes) for t in api.targets()]
-    _print_table("", ("target", "EP", "weights", "I/O + KV", "block", "acc. level", "notes"), rows)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def targets(as_json: bool) -> None:
+    """List the deployment targets, the default one, and which this machine's onnxruntime can run."""
+    rows = api.target_rows()
+    if as_json:
+        print_json(rows)
+        return
+    table = [(r["name"] + (" *" if r["default"] else ""), r["execution_provider"],
+              "yes" if r["available_here"] else "no", r["weight_format"], r["io_dtype"], _or_dash(r["block_size"]),
+              _or_dash(r["accuracy_level"]), r["notes"]) for r in rows]
+    print_table("* the default edge target (`export`'s default)",
+                ("target", "EP", "here", "weights", "I/O + KV", "block", "acc. level", "notes"), table)
+
+_size = size  # the names the commands below use
+_print_table = print_table
 
 
 @main.command("build")
@@ -394,13 +339,13 @@ def evaluate(artifact: str, reference: str, text_file: str | None, as_json: bool
     """Mean next-token KL(REF || ARTIFACT) and top-1 agreement on built-in prompts; perplexity with --text."""
     report = api.evaluate(artifact, reference, text_file=text_file)
     if as_json:
-        click.echo(json.dumps({"artifact": artifact, "reference": reference, **report.to_json()}))
+        print_json({"artifact": artifact, "reference": reference, **report.to_json()})
         return
     rows = [("mean KL (nats)", f"{report.kl:.4g}"), ("top-1 agreement", f"{report.top1:.1%}"),
             ("positions", f"{report.positions} over {report.prompts} built-in prompts")]
     if report.ppl is not None and report.ref_ppl is not None:
         rows.append(("perplexity", f"{report.ppl:.4g} (reference {report.ref_ppl:.4g}, {report.text_tokens} tokens)"))
-    _print_table(f"{artifact} vs {reference}", (), rows)
+    print_table(f"{artifact} vs {reference}", (), rows)
 
 
 if __name__ == "__main__":

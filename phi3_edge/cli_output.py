@@ -48,13 +48,18 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(jsonable(value), indent=2, ensure_ascii=True))
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A rich table; no `columns`: a two-column key/value table without a header."""
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], *,
+                whole: Sequence[int] = ()) -> None:
+    """A rich table; no `columns`: a two-column key/value table without a header. Columns in `whole` are
+    never cut (a name the user types back, like a cache key); the others wrap to fit the width."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(*columns, title=title or None, show_header=bool(columns))
+    table = Table(title=title or None, show_header=bool(columns))
+    for index, name in enumerate(columns):
+        width = max([len(name), *(len(row[index]) for row in rows)]) if index in whole else None
+        table.add_column(name, no_wrap=index in whole, min_width=width)
     if not columns:
         table.add_column(style="bold")
         table.add_column()

@@ -45,10 +45,11 @@ sys.exit(ChatRepl(SlowModel(), TerminalReader(), sys.stdout, sys.stderr, ChatOpt
 
 
 class Terminal:
-    def __init__(self) -> None:
+    def __init__(self, argv: list[str] | None = None) -> None:
+        argv = argv if argv is not None else [sys.executable, "-c", CHILD]
         pid, fd = pty.fork()
         if pid == 0:  # the child: a session leader whose controlling terminal is the pty
-            os.execv(sys.executable, [sys.executable, "-c", CHILD])
+            os.execv(argv[0], argv)
         self.pid, self.fd, self.screen = pid, fd, b""
 
     def expect(self, text: bytes, timeout: float = 20.0) -> None:
@@ -115,3 +116,23 @@ def test_ctrl_c_twice_at_the_prompt_quits(terminal: Terminal) -> None:
 def test_ctrl_d_quits(terminal: Terminal) -> None:
     terminal.send(b"\x04")
     assert terminal.exit_code() == 0
+
+
+def test_the_chat_command_with_the_demo_model(tmp_path) -> None:
+    """`phi3-edge chat` itself: the banner names the provider, /help stays local, a reply, Ctrl-D quits."""
+    from phi3_edge import api
+
+    folder = tmp_path / "demo"
+    api.export("demo", "cpu-int4", folder, progress=False, fidelity=False)
+    reply = api.load(folder).generate([{"role": "user", "content": "def f("}], 8).text
+    term = Terminal([sys.executable, "-m", "phi3_edge.cli", "chat", str(folder), "--max-new-tokens", "8"])
+    term.expect(b"on CPUExecutionProvider, 1024-token context")
+    term.expect(b">>> ")
+    term.send(b"/help\r")
+    term.expect(b"/reset")
+    term.expect(b">>> ")
+    term.send(b"def f(\r")
+    term.expect(reply.replace("\n", "\r\n").encode("utf-8") + b"\r\n")  # the tty turns \n into \r\n
+    term.expect(b">>> ")
+    term.send(b"\x04")
+    assert term.exit_code() == 0

@@ -88,12 +88,12 @@ def test_debug_shows_the_exception(tmp_path: Path) -> None:
     assert isinstance(result.exception, Phi3EdgeError)
 
 
-def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(api, "load", interrupted)
-    result = _invoke("run", "anywhere", "hello")
+    result = _invoke("run", str(tmp_path), "hello")  # a folder, not a model name: nothing to export first
     assert result.exit_code == 130
     assert _one_line(result.stderr) == "interrupted"
 

@@ -31,7 +31,7 @@ __all__ = [
 
 
 def load(folder: str | Path, *, intra_op_threads: int | None = None, backend: str = "ort",
-         kv_cache: str = "auto", verify: bool = True) -> EdgeModel:
+         kv_cache: str = "auto", verify: bool = True, allow_cpu: bool = False) -> EdgeModel:
     """Open an artifact folder for generation (see EdgeModel.load)."""
     return EdgeModel.load(folder, intra_op_threads=intra_op_threads, backend=backend, kv_cache=kv_cache,
-                          verify=verify)
+                          verify=verify, allow_cpu=allow_cpu)

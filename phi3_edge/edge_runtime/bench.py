@@ -50,6 +50,7 @@ class BenchReport:
     roofline_ratio: float  # decode_tps / roofline_tps
     streamed_weight_bytes: int  # weight_bytes minus lookup-only tensors (the embedding table)
     roofline_ratio_streamed: float  # decode_tps / (bandwidth / streamed_weight_bytes)
+    provider: str = ""  # the execution provider the session ran on (EdgeModel.provider)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +124,7 @@ def bench_prompt(model: EdgeModel, length: int, seed: int = 0) -> list[int]:
 
 def run_bench(folder: str | Path, prompt_len: int = 128, gen_len: int = 128, backend: str = "ort",
               bandwidth_mb: int = 512, intra_op_threads: int | None = None, repeats: int = 1,
-              verify: bool = True) -> BenchReport:
+              verify: bool = True, allow_cpu: bool = False) -> BenchReport:
     """Load, warm up (same prompt, 2 tokens), then time greedy generations of exactly gen_len tokens.
 
     With repeats > 1 the best TTFT and the best decode time are kept (noise on a shared machine only adds).
@@ -133,7 +134,8 @@ def run_bench(folder: str | Path, prompt_len: int = 128, gen_len: int = 128, bac
                             f"{gen_len} and {repeats}")
     folder = Path(folder)
     with PeakRss() as rss:
-        model = EdgeModel.load(folder, backend=backend, intra_op_threads=intra_op_threads, verify=verify)
+        model = EdgeModel.load(folder, backend=backend, intra_op_threads=intra_op_threads, verify=verify,
+                               allow_cpu=allow_cpu)
         context = model.config.context_length
         if prompt_len + gen_len > context:
             raise Phi3EdgeError(f"prompt_len + gen_len = {prompt_len + gen_len} exceeds the context of {context}")
@@ -148,7 +150,7 @@ def run_bench(folder: str | Path, prompt_len: int = 128, gen_len: int = 128, bac
     roofline = bandwidth / weights
     return BenchReport(backend, prompt_len, gen_len, ttft, prompt_len / ttft, decode_tps, rss.peak_bytes / MB,
                        bandwidth / 1e9, weights, roofline, decode_tps / roofline, streamed,
-                       decode_tps * streamed / bandwidth)
+                       decode_tps * streamed / bandwidth, model.provider)
 
 
 def _timed(model: EdgeModel, prompt: list[int], new_tokens: int) -> tuple[float, float]:

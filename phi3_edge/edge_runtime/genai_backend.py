@@ -30,12 +30,15 @@ def import_genai() -> Any:
     return onnxruntime_genai
 
 
-def load_genai_model(folder: Path, intra_op_threads: int | None = None) -> Any:
+def load_genai_model(folder: Path, intra_op_threads: int | None = None, cpu_only: bool = False) -> Any:
     """og.Model of the folder; intra_op_threads overrides og's default of (logical CPUs / 2), so a benchmark
-    can run both runtimes with the same thread count (og assumes SMT: on 2 non-SMT cores it uses 1 thread)."""
+    can run both runtimes with the same thread count (og assumes SMT: on 2 non-SMT cores it uses 1 thread).
+    cpu_only drops genai_config.json's providers (a CUDA/DirectML artifact run with allow_cpu)."""
     og = import_genai()
     try:
         config = og.Config(str(folder))
+        if cpu_only:
+            config.clear_providers()
         if intra_op_threads is not None:
             options = {"model": {"decoder": {"session_options": {"intra_op_num_threads": intra_op_threads}}}}
             config.overlay(json.dumps(options))
@@ -50,9 +53,10 @@ class GenaiDecoder:
 
     backend = "genai"
 
-    def __init__(self, folder: Path, config: DecoderConfig, *, intra_op_threads: int | None = None) -> None:
+    def __init__(self, folder: Path, config: DecoderConfig, *, intra_op_threads: int | None = None,
+                 cpu_only: bool = False) -> None:
         self.config = config
-        self.model = load_genai_model(Path(folder), intra_op_threads)
+        self.model = load_genai_model(Path(folder), intra_op_threads, cpu_only)
         self._og = import_genai()
 
     def start(self, max_length: int) -> GenaiPass:

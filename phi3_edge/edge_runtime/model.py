@@ -19,6 +19,7 @@ from typing import Any
 from phi3_edge.edge_runtime.chat import ChatTemplate, Message, fit_conversation
 from phi3_edge.edge_runtime.decoder_config import DecoderConfig, read_decoder_config
 from phi3_edge.edge_runtime.generate import STOP_STRING, Engine, GenerationOptions, GenerationResult, Generator
+from phi3_edge.edge_runtime.providers import ProviderChoice, choose_providers, cpu_provider, session_provider
 from phi3_edge.edge_runtime.runtime_check import check_runtime
 from phi3_edge.edge_runtime.session import DecoderSession
 from phi3_edge.edge_runtime.stopping import StopStrings
@@ -32,8 +33,10 @@ Prompt = str | Sequence[Message]
 
 
 class EdgeModel:
-    def __init__(self, folder: Path, session: Engine, tokenizer: EdgeTokenizer) -> None:
+    def __init__(self, folder: Path, session: Engine, tokenizer: EdgeTokenizer,
+                 providers: ProviderChoice | None = None) -> None:
         self.folder = folder
+        self.providers = providers  # what the artifact was built for and what the session was asked to use
         self.session = session  # the engine: DecoderSession ("ort") or GenaiDecoder ("genai")
         self.tokenizer = tokenizer
         # genai_config.json may list only <|endoftext|>; a chat model ends its turn with <|end|>.
@@ -41,13 +44,16 @@ class EdgeModel:
 
     @classmethod
     def load(cls, folder: str | Path, *, intra_op_threads: int | None = None, backend: str = "ort",
-             kv_cache: str = "auto", verify: bool = True, allow_unsafe_config: bool = False) -> EdgeModel:
+             kv_cache: str = "auto", verify: bool = True, allow_unsafe_config: bool = False,
+             allow_cpu: bool = False) -> EdgeModel:
         """Open an artifact folder.
 
         backend "ort" runs our onnxruntime loop (intra_op_threads defaults to the physical cores we may run
         on; kv_cache "auto" | "shared" | "concat", see DecoderSession); "genai" runs onnxruntime-genai
         (intra_op_threads defaults to og's own choice, logical CPUs / 2). verify checks every file against
         manifest.json (full hashes the first time, then a size/mtime stamp): a damaged folder is refused.
+        An artifact built for a provider this onnxruntime lacks (CUDA, DirectML) is refused unless allow_cpu,
+        which runs it on the CPU; `provider` then says so, and `provider_notice` is the line to show.
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -59,15 +65,17 @@ class EdgeModel:
         check_runtime(folder, uses_genai=backend == "genai")  # an older runtime than the graph needs: one line
         config = read_decoder_config(folder)
         tokenizer = EdgeTokenizer.load(folder)  # before the session: a missing file fails fast, not after loading
+        choice = choose_providers(folder, allow_cpu=allow_cpu)  # before loading weights: refuse in one line
         if backend == "genai":
             from phi3_edge.edge_runtime.genai_backend import GenaiDecoder
 
-            genai = GenaiDecoder(folder, config, intra_op_threads=intra_op_threads)
+            genai = GenaiDecoder(folder, config, intra_op_threads=intra_op_threads, cpu_only=choice.on_cpu_instead)
             guard.confirm()  # nothing it read changed after the check
-            return cls(folder, genai, tokenizer)
-        engine = DecoderSession(folder, config, intra_op_threads=intra_op_threads, kv_cache=kv_cache)
+            return cls(folder, genai, tokenizer, choice)
+        engine = DecoderSession(folder, config, intra_op_threads=intra_op_threads, kv_cache=kv_cache,
+                                providers=choice.providers)
         guard.confirm()
-        return cls(folder, engine, tokenizer)
+        return cls(folder, engine, tokenizer, choice)
 
     @property
     def config(self) -> DecoderConfig:
@@ -76,6 +84,20 @@ class EdgeModel:
     @property
     def backend(self) -> str:
         return self.session.backend
+
+    @property
+    def provider(self) -> str:
+        """The execution provider the model runs on: what onnxruntime reports for our session; for
+        onnxruntime-genai (which does not say) the first provider its config was given."""
+        ort_session = getattr(self.session, "ort_session", None)
+        if ort_session is not None:
+            return session_provider(ort_session)
+        return self.providers.providers[0] if self.providers is not None else cpu_provider()
+
+    @property
+    def provider_notice(self) -> str | None:
+        """A line to show when the artifact runs somewhere else than it was built for (allow_cpu)."""
+        return self.providers.notice if self.providers is not None else None
 
     @cached_property
     def chat_template(self) -> ChatTemplate:
