@@ -102,9 +102,31 @@ def test_logits_within_target_tolerance_of_cpu_fp32(tiny_checkpoint, tmp_path, v
     checkpoint = tiny_checkpoint(variant)
     reference = prompt_logits(checkpoint, TARGETS["cpu-fp32"], tmp_path / "cpu-fp32")
     runs = [(name, "rtn") for name in TARGETS if name != "cpu-fp32"] + [("cpu-int4", "hqq")]
-    errors = {}
+    errors, corrs = {}, {}
     for name, algo in runs:
         logits = prompt_logits(checkpoint, TARGETS[name], tmp_path / f"{name}-{algo}", algo)
         errors[(name, algo)] = float(np.abs(logits - reference).max())
+        corrs[(name, algo)] = logits_correlation(logits, reference)
     too_far = {key: err for key, err in errors.items() if err > TARGETS[key[0]].logits_atol}
     assert not too_far, f"{variant}: {too_far} (all: {errors})"
+    unlike = {key: c for key, c in corrs.items() if not c >= TARGETS[key[0]].logits_min_corr}
+    assert not unlike, f"{variant}: {unlike} (all: {corrs})"
+
+
+def logits_correlation(logits: np.ndarray, reference: np.ndarray) -> float:
+    """Pearson correlation of (S, V) logits with the reference's, each row centered (softmax ignores shifts)."""
+    a = logits - logits.mean(axis=-1, keepdims=True)
+    b = reference - reference.mean(axis=-1, keepdims=True)
+    denominator = float(np.sqrt(np.square(a).sum() * np.square(b).sum()))
+    return float((a * b).sum()) / denominator if denominator else 0.0
+
+
+def test_the_correlation_bound_rejects_what_logits_atol_let_through():
+    """All-zero or shuffled int4 logits were within logits_atol 9.0 of the tiny models' (RMS ~1.6) logits."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1.6, (12, 352))
+    bound = TARGETS["cpu-int4"].logits_min_corr
+    assert np.abs(np.zeros_like(reference) - reference).max() <= TARGETS["cpu-int4"].logits_atol  # blind there
+    assert logits_correlation(np.zeros_like(reference), reference) < bound
+    assert logits_correlation(rng.permutation(reference, axis=1), reference) < bound
+    assert logits_correlation(reference + rng.normal(0, 0.5, reference.shape), reference) >= bound
