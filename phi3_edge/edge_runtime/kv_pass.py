@@ -35,7 +35,9 @@ class ForwardPass(Protocol):
     def run(self, input_ids: list[int], total_length: int) -> np.ndarray:
         """Feed new tokens (total_length = cached + new); returns the last position's logits [V].
 
-        The array may be a view that the next run() overwrites: use it before calling run() again.
+        The pass keeps the first total_length - len(input_ids) cached positions and drops any beyond them
+        (a conversation's shorter common prefix, prompt lookup's rejected drafts). The array may be a view
+        that the next run() overwrites: use it before calling run() again.
         """
 
     def reset(self) -> None:
@@ -67,9 +69,16 @@ class ConcatPass:
         self._past: KVCache = layout.empty()
 
     def run(self, input_ids: list[int], total_length: int) -> np.ndarray:
-        logits, self._past = self._forward(input_ids, self._past)
-        last: np.ndarray = logits[-1]  # (S, V) -> (V,)
+        last: np.ndarray = self.run_all(input_ids, total_length)[-1]  # (S, V) -> (V,)
         return last
+
+    def run_all(self, input_ids: list[int], total_length: int) -> np.ndarray:
+        """As run(), with the logits of every new position (S, V)."""
+        keep = total_length - len(input_ids)
+        if self._past[self._layout.past_names[0]].shape[2] > keep:  # roll back: (B, Hkv, past, D) -> keep
+            self._past = {name: np.ascontiguousarray(value[:, :, :keep]) for name, value in self._past.items()}
+        logits, self._past = self._forward(input_ids, self._past)
+        return logits
 
     def reset(self) -> None:
         self._past = self._layout.empty()
@@ -95,6 +104,12 @@ class SharedBufferPass:
         self._keep: list[np.ndarray] = []  # arrays bound for the current run must outlive it
 
     def run(self, input_ids: list[int], total_length: int) -> np.ndarray:
+        last: np.ndarray = self.run_all(input_ids, total_length)[-1]  # (S, V) -> (V,)
+        return last
+
+    def run_all(self, input_ids: list[int], total_length: int) -> np.ndarray:
+        """As run(), with the logits of every new position (S, V). Rolling back needs nothing here: GQA writes
+        the new keys/values at positions total_length - len(input_ids) onwards, over whatever was there."""
         if total_length > self._max_length:
             raise Phi3EdgeError(f"sequence of {total_length} tokens exceeds the {self._max_length}-token KV buffer")
         ids = np.asarray([input_ids], dtype=np.int64)  # (B=1, S)
@@ -104,8 +119,8 @@ class SharedBufferPass:
         logits = self._logits_for(len(input_ids))
         self._keep = [ids, mask, logits]
         self._session.run_with_iobinding(self._binding)
-        last: np.ndarray = logits[0, -1]  # (B, S, V) -> (V,)
-        return last
+        every: np.ndarray = logits[0]  # (B, S, V) -> (S, V)
+        return every
 
     def _logits_for(self, new_tokens: int) -> np.ndarray:
         """A decode step reuses one [1, 1, V] buffer; a prefill gets its own [1, S, V] (the graph computes all S)."""
