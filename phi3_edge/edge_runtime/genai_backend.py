@@ -69,14 +69,20 @@ class GenaiPass:
         # og's search never picks a token here (we never call generate_next_token); max_length sizes its buffer.
         params.set_search_options(do_sample=False, max_length=max_length)
         self._generator = og.Generator(model, params)
+        self._length = 0  # tokens og holds
 
     def run(self, input_ids: list[int], total_length: int) -> np.ndarray:
+        keep = total_length - len(input_ids)
+        if self._length > keep:  # a conversation's shorter common prefix: og drops the rest itself
+            self._generator.rewind_to(keep)
         self._generator.append_tokens(input_ids)
+        self._length = total_length
         logits = self._generator.get_logits()  # (B, 1, V): og keeps only the last position's
         return logits.reshape(-1, logits.shape[-1])[-1]
 
     def reset(self) -> None:
         self._generator.rewind_to(0)
+        self._length = 0
 
 
 def native_greedy_timings(model: Any, prompt_ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
