@@ -110,6 +110,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/phi3-edge-bench/multi-target"))
     parser.add_argument("--no-build", action="store_true", help="skip the `phi3-edge build` rows")
     parser.add_argument("--singles", action="store_true", help="also export each target alone")
+    parser.add_argument("--builds-only", action="store_true", help="only the read pass and the build rows")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from checkpoints import FIDELITY_SHAPE, tensor_shapes, write_fidelity_checkpoint
@@ -135,7 +136,9 @@ def main() -> int:
     measure("read pass", [sys.executable, "-c", READ_PASS, str(checkpoint)])
     for target in args.targets if args.singles else ():
         measure(f"export {target}", [sys.executable, "-c", EXPORTS, str(checkpoint), str(out), target])
-    measure(f"{len(args.targets)} exports", [sys.executable, "-c", EXPORTS, str(checkpoint), str(out), *args.targets])
+    if not args.builds_only:
+        measure(f"{len(args.targets)} exports",
+                [sys.executable, "-c", EXPORTS, str(checkpoint), str(out), *args.targets])
     if not args.no_build:
         recipe = work / "build.toml"
         recipe.write_text(recipe_text(checkpoint, out, args.targets), encoding="utf-8")
