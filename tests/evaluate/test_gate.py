@@ -23,7 +23,9 @@ def test_a_quantized_export_records_its_fidelity(tiny_checkpoint, tmp_path):
                     max_kl=10.0)
     fidelity = manifest(tmp_path / "out")["fidelity"]
     assert set(fidelity) >= {"kl", "top1", "prompts", "reference"}
-    assert 0 < fidelity["kl"] <= 10.0 and 0 < fidelity["top1"] <= 1
+    # Measured KL 0.311, top-1 0.380 (gqa, RTN int4 block 32). Half to double the KL: a gate that measured an
+    # unquantized model (KL ~0) or a broken one both fail; top-1 likewise.
+    assert 0.15 < fidelity["kl"] < 0.62 and 0.25 < fidelity["top1"] < 0.6
     assert fidelity["prompts"] == len(PROMPTS) and fidelity["reference"] == REFERENCE
     assert fidelity["max_kl"] == 10.0
     assert result.fidelity == fidelity
@@ -82,4 +84,5 @@ def test_hqq_is_no_worse_than_rtn_on_tiny_checkpoints(tiny_checkpoint, tmp_path,
 
 def test_the_gate_runs_fp16_graphs_on_the_cpu(tiny_checkpoint, tmp_path):
     result = export(str(tiny_checkpoint("gqa")), target="cuda-int4", output=tmp_path / "out", progress=False)
-    assert result.fidelity is not None and 0 < result.fidelity["kl"] < 5
+    # Measured KL 0.310 (gqa, fp16 graph with int4 weights on the CPU EP): half to double, as above.
+    assert result.fidelity is not None and 0.15 < result.fidelity["kl"] < 0.62
