@@ -74,7 +74,7 @@ def _fail(message: str, code: int) -> int:
 
 
 @click.group(cls=_CleanErrors)
-@click.version_option(package_name="phi3-edge", message="%(prog)s %(version)s")
+@click.version_option(package_name="phi3-edge", message="phi3-edge %(version)s")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 def main(debug: bool) -> None:
     """Export Phi-3 checkpoints to ONNX Runtime artifact folders and run them on edge devices.
@@ -184,6 +184,8 @@ def command_line() -> str | None:
               help="Intra-op threads (default: physical cores for ort, logical CPUs / 2 for genai).")
 @click.option("--allow-cpu", is_flag=True,
               help="Bench a CUDA/DirectML artifact on the CPU when its provider is missing.")
+@click.option("--lookup", type=click.IntRange(min=0), is_flag=False, flag_value=api.LOOKUP_DRAFT_TOKENS, default=0,
+              metavar="[N]", help="Decode with prompt lookup (N draft tokens per verify pass; ort backend).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the files against manifest.json's hashes.")
 def bench(folder: str, as_json: bool, no_verify: bool, **options: Any) -> None:
@@ -268,7 +270,7 @@ def targets(as_json: bool) -> None:
               "yes" if r["available_here"] else "no", r["weight_format"], r["io_dtype"], _or_dash(r["block_size"]),
               _or_dash(r["accuracy_level"]), r["notes"]) for r in rows]
     print_table("* the default edge target (`export`'s default)",
-                ("target", "EP", "here", "weights", "I/O + KV", "block", "acc. level", "notes"), table)
+                ("target", "EP", "here", "weights", "I/O + KV", "block", "acc. level", "notes"), table, whole=(0,))
 
 _size = size  # the names the commands below use
 _print_table = print_table

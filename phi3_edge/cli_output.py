@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+PIPE_WIDTH = 120
+
 
 def protect_streams() -> None:
     """stdout/stderr write '?' for a character their encoding lacks (rich's ellipsis on ASCII, a reply in Greek)."""
@@ -65,7 +67,10 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]
         table.add_column()
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))  # "[batch_size, ...]" is data, not rich markup
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a pipe or a log: 120 columns keep the notes readable (a terminal sets its own)
+        console.width = max(console.width, PIPE_WIDTH)
+    console.print(table)
 
 
 def warn(message: str) -> None:

@@ -152,3 +152,77 @@ def test_export_and_bench_build_one_frozen_request_for_api(monkeypatch: pytest.M
     result = _invoke("bench", "somewhere", "--prompt-len", "7", "--threads", "3", "--no-verify")
     assert result.exit_code == 1
     assert seen[-1] == api.BenchRequest(Path("somewhere"), prompt_len=7, threads=3, verify=False)
+
+
+def test_no_arguments_prints_the_help_as_it_is() -> None:
+    result = _invoke()
+    assert result.exit_code == 0 and result.stderr == ""
+    assert result.stdout.startswith("Usage: ") and "Commands:" in result.stdout and len(result.stdout.splitlines()) > 10
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    result = _invoke("--version")
+    assert result.exit_code == 0 and result.stdout == f"phi3-edge {version('phi3-edge')}\n"
+
+
+def test_targets_survive_an_ascii_stdout() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "LC_ALL": "C"}
+    result = subprocess.run([sys.executable, "-m", "phi3_edge.cli", "targets"], capture_output=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"cpu-int4 *" in result.stdout  # the default edge target, marked
+
+
+def test_targets_json_marks_the_default_and_what_runs_here() -> None:
+    import json
+
+    rows = json.loads(_invoke("targets", "--json").stdout)
+    assert [r["name"] for r in rows if r["default"]] == [api.DEFAULT_TARGET]
+    assert {r["name"]: r["available_here"] for r in rows}["cpu-fp32"] is True
+
+
+def test_export_defaults_to_the_edge_target_requires_output_and_warns_about_ignored_options(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[api.ExportRequest] = []
+
+    def stop(request: api.ExportRequest, **kwargs: object) -> None:
+        seen.append(request)
+        raise Phi3EdgeError("stopped here")
+
+    monkeypatch.setattr(api, "run_export", stop)
+    assert _invoke("export", "-m", "demo", "-o", "out").exit_code == 1
+    assert seen[-1].target == api.DEFAULT_TARGET == "cpu-int4"
+    missing = _invoke("export", "-m", "demo")
+    assert missing.exit_code == 2 and "Missing option '--output'" in _one_line(missing.stderr)
+    assert "[required]" in _invoke("export", "--help").stdout
+    result = _invoke("export", "-m", "demo", "-o", "out", "-t", "cpu-fp32", "--mixed-precision", "--quant-algo", "hqq")
+    assert result.stderr.splitlines()[:2] == [
+        "warning: --mixed-precision applies to int4 targets; cpu-fp32 has fp32 weights, so it changes nothing",
+        "warning: --quant-algo hqq changes nothing: cpu-fp32 has fp32 weights and nothing else is quantized"]
+    quiet = _invoke("export", "-m", "demo", "-o", "out", "-t", "cpu-int4", "--mixed-precision")
+    assert "warning" not in quiet.stderr  # int4: --mixed-precision does something
+
+
+def test_inspect_and_verify_json(tmp_path: Path) -> None:
+    import json
+
+    folder = tmp_path / "demo"
+    api.export("demo", "mobile-int4", folder, progress=False, fidelity=False)
+    report = json.loads(_invoke("inspect", str(folder), "--json").stdout)
+    assert report["execution_provider"] == "CPUExecutionProvider" and report["provider_available"] is True
+    assert [ship["variant"] for ship in report["ship"]] == ["ort", "onnx"]
+    assert report["ship"][0]["files"][0]["name"] == "model.ort"
+    assert report["artifact"]["graph"]["ops"]["com.microsoft.GroupQueryAttention"] == 4
+    table = _invoke("inspect", str(folder)).stdout
+    assert "an app ships (ort)" in table and "an app ships (onnx)" in table
+    checked = json.loads(_invoke("verify", str(folder), "--json").stdout)
+    assert checked["ok"] is True and checked["problems"] == []
+    (folder / "tokenizer.json").write_text("{}", encoding="utf-8")
+    damaged = _invoke("verify", str(folder), "--json")
+    assert damaged.exit_code == 1 and json.loads(damaged.stdout)["ok"] is False
