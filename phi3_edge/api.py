@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from phi3_edge.edge_runtime.lookup import DEFAULT_DRAFT_TOKENS as LOOKUP_DRAFT_TOKENS
 from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.exporter.request import ExportRequest, ExportResult
 from phi3_edge.quantize.recipe import QuantOptions
@@ -226,6 +227,7 @@ class BenchRequest:
     threads: int | None = None  # intra-op threads (None: the backend's default)
     verify: bool = True
     allow_cpu: bool = False  # a CUDA/DirectML artifact without its provider: bench it on the CPU
+    lookup: int = 0  # prompt-lookup decoding's draft tokens per verify pass (0 = off; ort backend)
 
 
 def bench(request: BenchRequest) -> BenchReport:
@@ -234,7 +236,7 @@ def bench(request: BenchRequest) -> BenchReport:
 
     return run_bench(request.folder, request.prompt_len, request.gen_len, backend=request.backend,
                      bandwidth_mb=request.bandwidth_mb, repeats=request.repeats, intra_op_threads=request.threads,
-                     verify=request.verify, allow_cpu=request.allow_cpu)
+                     verify=request.verify, allow_cpu=request.allow_cpu, lookup=request.lookup)
 
 
 def inspect(folder: str | Path) -> ArtifactInfo:
@@ -354,8 +356,9 @@ def target_rows() -> list[dict[str, Any]]:
              "available_here": ort_provider(t) in available} for t in TARGETS.values()]
 
 
-__all__ = ["DEFAULT_TARGET", "REFERENCE_TARGET", "BenchRequest", "ExportOptions", "ExportRequest", "ExportResult",
-           "QuantOptions", "bench", "build", "build_matrix", "cached_models", "evaluate", "export", "export_request",
-           "export_targets", "export_warnings", "get_target", "inspect", "load", "model_cache_root", "problem_status",
-           "provider_status", "publish", "recipe_output", "remove_cached", "resolve_model", "run_export",
-           "ship_lists", "short_names_table", "target_names", "target_rows", "targets", "verify"]
+__all__ = ["DEFAULT_TARGET", "LOOKUP_DRAFT_TOKENS", "REFERENCE_TARGET", "BenchRequest", "ExportOptions",
+           "ExportRequest", "ExportResult", "QuantOptions", "bench", "build", "build_matrix", "cached_models",
+           "evaluate", "export", "export_request", "export_targets", "export_warnings", "get_target", "inspect",
+           "load", "model_cache_root", "problem_status", "provider_status", "publish", "recipe_output",
+           "remove_cached", "resolve_model", "run_export", "ship_lists", "short_names_table", "target_names",
+           "target_rows", "targets", "verify"]

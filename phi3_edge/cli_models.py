@@ -39,6 +39,11 @@ def generation_options(command: Any) -> Any:
         click.option("--seed", type=int, default=None,
                      help="Random seed: the same seed gives the same sample (sampling only)."),
         click.option("--stop", multiple=True, help="Stop before this text (repeatable)."),
+        click.option("--lookup", type=click.IntRange(min=0), is_flag=False, flag_value=api.LOOKUP_DRAFT_TOKENS,
+                     default=0, metavar="[N]",
+                     help="Prompt-lookup decoding: draft up to N tokens (a bare --lookup: "
+                          f"{api.LOOKUP_DRAFT_TOKENS}) from n-grams already in the text, verify them in one pass "
+                          "(ort backend; the tokens of plain decoding)."),
         click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="ort", show_default=True,
                      help="ort: our onnxruntime loop; genai: onnxruntime-genai."),
     ]

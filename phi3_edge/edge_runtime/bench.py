@@ -124,7 +124,7 @@ def bench_prompt(model: EdgeModel, length: int, seed: int = 0) -> list[int]:
 
 def run_bench(folder: str | Path, prompt_len: int = 128, gen_len: int = 128, backend: str = "ort",
               bandwidth_mb: int = 512, intra_op_threads: int | None = None, repeats: int = 1,
-              verify: bool = True, allow_cpu: bool = False) -> BenchReport:
+              verify: bool = True, allow_cpu: bool = False, lookup: int = 0) -> BenchReport:
     """Load, warm up (same prompt, 2 tokens), then time greedy generations of exactly gen_len tokens.
 
     With repeats > 1 the best TTFT and the best decode time are kept (noise on a shared machine only adds).
@@ -140,8 +140,8 @@ def run_bench(folder: str | Path, prompt_len: int = 128, gen_len: int = 128, bac
         if prompt_len + gen_len > context:
             raise Phi3EdgeError(f"prompt_len + gen_len = {prompt_len + gen_len} exceeds the context of {context}")
         prompt = bench_prompt(model, prompt_len)
-        _timed(model, prompt, 2)  # first-run costs (arena growth, kernel setup) are not what we measure
-        runs = [_timed(model, prompt, gen_len) for _ in range(repeats)]
+        _timed(model, prompt, 2, lookup)  # first-run costs (arena growth, kernel setup) are not what we measure
+        runs = [_timed(model, prompt, gen_len, lookup) for _ in range(repeats)]
     ttft, decode_s = min(run[0] for run in runs), min(run[1] for run in runs)
     bandwidth = measure_bandwidth(bandwidth_mb, threads=intra_op_threads or physical_cores() or 1)
     weights = weight_bytes(folder, model.config.model_file)
@@ -153,14 +153,16 @@ def run_bench(folder: str | Path, prompt_len: int = 128, gen_len: int = 128, bac
                        decode_tps * streamed / bandwidth, model.provider)
 
 
-def _timed(model: EdgeModel, prompt: list[int], new_tokens: int) -> tuple[float, float]:
-    """(TTFT, seconds for the other tokens) of a greedy run that ignores eos."""
+def _timed(model: EdgeModel, prompt: list[int], new_tokens: int, lookup: int = 0) -> tuple[float, float]:
+    """(TTFT, seconds for the other tokens) of a greedy run that ignores eos (with prompt lookup: lookup > 0)."""
     if model.backend == "genai":
+        if lookup:
+            raise Phi3EdgeError("bench --lookup runs our loop; the genai backend times onnxruntime-genai's own")
         from phi3_edge.edge_runtime.genai_backend import native_greedy_timings
 
         ttft, decode_s, _ = native_greedy_timings(model.session.model, prompt, new_tokens)  # type: ignore
         return ttft, decode_s
-    generator = model.generator(prompt, new_tokens, ignore_eos=True)
+    generator = model.generator(prompt, new_tokens, ignore_eos=True, lookup=lookup)
     for _ in generator:
         pass
     return generator.prefill_seconds, generator.decode_seconds

@@ -207,3 +207,18 @@ def test_demo_int4_differs_only_at_a_near_tie(demo: dict[str, Path]) -> None:
     logits, _ = model.session.forward(model.tokenizer.encode(CODE) + plain[:split])  # type: ignore[attr-defined]
     top = np.sort(logits[-1])[::-1]  # (V,) descending
     assert top[0] - top[1] < 0.05
+
+
+def test_cli_run_and_bench_take_lookup(demo: dict[str, Path]) -> None:
+    from click.testing import CliRunner
+
+    from phi3_edge.cli import main
+
+    folder = str(demo["cpu-fp32"])
+    plain = CliRunner().invoke(main, ["run", folder, CODE, "--max-new-tokens", "24"])
+    fast = CliRunner().invoke(main, ["run", folder, CODE, "--max-new-tokens", "24", "--lookup"])
+    assert plain.exit_code == 0 and fast.exit_code == 0, fast.output
+    assert fast.stdout == plain.stdout
+    bench = CliRunner().invoke(main, ["bench", folder, "--lookup", "4", "--prompt-len", "8", "--gen-len", "4",
+                                      "--bandwidth-mb", "8", "--json"])
+    assert bench.exit_code == 0, bench.output
