@@ -186,8 +186,6 @@ def command_line() -> str | None:
               help="Bench a CUDA/DirectML artifact on the CPU when its provider is missing.")
 @click.option("--lookup", type=click.IntRange(min=0), is_flag=False, flag_value=api.LOOKUP_DRAFT_TOKENS, default=0,
               metavar="[N]", help="Decode with prompt lookup (N draft tokens per verify pass; ort backend).")
-@click.option("--lookup", type=click.IntRange(min=0), is_flag=False, flag_value=api.LOOKUP_DRAFT_TOKENS, default=0,
-              metavar="[N]", help="Decode with prompt lookup (N draft tokens per verify pass; ort backend).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the files against manifest.json's hashes.")
 def bench(folder: str, as_json: bool, no_verify: bool, **options: Any) -> None:
