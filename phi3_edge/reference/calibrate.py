@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from phi3_edge.errors import Phi3EdgeError
+from phi3_edge.quantize.awq import Quantizer, search_scales
 from phi3_edge.quantize.blockwise import QuantizedBlocks, dequantize
 from phi3_edge.quantize.gptq import hessian_factor, quantize_gptq
 from phi3_edge.reference import layer_graph as lg
@@ -122,6 +123,70 @@ def gptq_calibrate(side: CheckpointSide, sequences: Sequence[Sequence[int]], pla
         states = side.run_layer(layer, states)  # this layer's outputs with its quantized weights
         if on_layer is not None:
             on_layer(layer)
+    side.weight_map = None
+
+
+AWQ_SAMPLES = 512  # input rows per Linear kept for the scale search (tokens x K floats, one layer at a time)
+
+
+@dataclass
+class AwqLayer:
+    """One layer's folded weights: what the exporter (or the streamed reference) reads instead of the checkpoint."""
+
+    weights: dict[str, np.ndarray]  # checkpoint name -> transformed fp32 tensor (norms, qkv, gate_up, down)
+    alphas: dict[str, float]  # group (the Linear searched) -> chosen alpha
+    gains: dict[str, float]  # group -> output error / unscaled error on the calibration rows
+
+
+def awq_layer(side: CheckpointSide, layer: int, stats: LayerStats, quantize: Quantizer) -> AwqLayer:
+    """AWQ scales for the three foldable groups of one layer (see quantize/awq.py), applied to its weights."""
+    store, h = side.store, side.spec.hidden_size
+    inter = side.spec.intermediate_size
+    qkv, _o, gate_up, down = linear_names(layer)
+    norm1 = f"model.layers.{layer}.input_layernorm.weight"
+    norm2 = f"model.layers.{layer}.post_attention_layernorm.weight"
+
+    def read(name: str, k: int) -> np.ndarray:
+        """A Linear (rows, k) or a norm (k,) in fp32, whole."""
+        info = store.info(name, (store.rows_of(name), k) if name.endswith("_proj.weight") else (k,))
+        return store.read_rows(info, 0, info.shape[0])
+
+    out = AwqLayer({}, {}, {})
+    w_gu = read(gate_up, h)  # (2I, H): gate rows, then up rows
+    w_down = read(down, inter)  # (H, I)
+    for name, norm, w in ((qkv, norm1, read(qkv, h)), (gate_up, norm2, w_gu)):
+        x = np.concatenate(stats.samples[name])
+        s, out.alphas[name], out.gains[name] = search_scales(x, [w], stats.abs_mean[name] / stats.tokens[name],
+                                                             quantize)
+        out.weights[name] = w * s  # (N, K) columns scaled
+        out.weights[norm] = read(norm, h) / s
+    x = np.concatenate(stats.samples[down])
+    s, out.alphas[down], out.gains[down] = search_scales(x, [w_down], stats.abs_mean[down] / stats.tokens[down],
+                                                         quantize)
+    out.weights[down] = w_down * s
+    out.weights[gate_up][inter:] /= s[:, None]  # up rows: (I, H) each row divided by its channel's scale
+    return out
+
+
+def awq_calibrate(side: CheckpointSide, sequences: Sequence[Sequence[int]], quantize: Quantizer,
+                  sink: Callable[[int, AwqLayer], None]) -> None:
+    """AWQ layer by layer on the quantized stream; `sink` gets each layer's folded fp32 weights."""
+    current: dict[str, np.ndarray] = {}
+    side.weight_map = lambda name, rows: current.get(name, rows)
+    states = [side.embed(ids) for ids in sequences]
+    for layer in range(side.num_layers):
+        current.clear()
+        stats = layer_stats(side, layer, states, hessian=False, keep_samples=AWQ_SAMPLES)
+        folded = awq_layer(side, layer, stats, quantize)
+        sink(layer, folded)
+        names = linear_names(layer)
+        o_name = names[1]
+        current.update({n: (dequantize(quantize(w)) if n.endswith("_proj.weight") else w)
+                        for n, w in folded.weights.items()})
+        q_size = side.spec.num_heads * side.spec.head_dim
+        o_info = side.store.info(o_name, (side.spec.hidden_size, q_size))
+        current[o_name] = dequantize(quantize(side.store.read_rows(o_info, 0, side.spec.hidden_size)))  # v->o: RTN
+        states = side.run_layer(layer, states)
     side.weight_map = None
 
 
