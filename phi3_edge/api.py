@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from phi3_edge.edge_runtime import EdgeModel
     from phi3_edge.edge_runtime.artifact_info import ArtifactInfo
     from phi3_edge.edge_runtime.bench import BenchReport
+    from phi3_edge.edge_runtime.conversation import Conversation
     from phi3_edge.edge_runtime.ship_files import ShipList
     from phi3_edge.evaluate import FidelityReport
     from phi3_edge.integrity import Report
@@ -197,6 +198,16 @@ def load(folder: str | Path, *, intra_op_threads: int | None = None, backend: st
                           verify=verify, allow_unsafe_config=allow_unsafe_config, allow_cpu=allow_cpu)
 
 
+
+def conversation(model: EdgeModel, system: str | None = None, **defaults: Any) -> Conversation:
+    """A multi-turn chat on a loaded model that keeps the KV cache between turns: a turn prefills only the
+    tokens after the common prefix with what the cache holds (edge_runtime/conversation.py). `send(text)`
+    keeps the messages itself; `stream(messages)` takes a whole conversation each turn (a REPL's history).
+    Keyword options are GenerationOptions' fields, every turn's defaults."""
+    from phi3_edge.edge_runtime.conversation import Conversation
+
+    return Conversation(model, system, **defaults)
+
 def evaluate(artifact: str | Path, reference: str | Path, *, text_file: str | Path | None = None) -> FidelityReport:
     """Mean next-token KL(reference || artifact) and top-1 agreement on the built-in prompts; with
     `text_file`, the perplexity of both on its text. `reference` is an artifact folder (onnxruntime +
@@ -356,8 +367,8 @@ def target_rows() -> list[dict[str, Any]]:
              "available_here": ort_provider(t) in available} for t in TARGETS.values()]
 
 
-__all__ = ["DEFAULT_TARGET", "LOOKUP_DRAFT_TOKENS", "REFERENCE_TARGET", "BenchRequest", "ExportOptions",
-           "ExportRequest", "ExportResult", "QuantOptions", "bench", "build", "build_matrix", "cached_models",
+__all__ = ["BenchRequest", "DEFAULT_TARGET", "ExportOptions", "ExportRequest", "ExportResult", "LOOKUP_DRAFT_TOKENS",
+           "QuantOptions", "REFERENCE_TARGET", "bench", "build", "build_matrix", "cached_models", "conversation",
            "evaluate", "export", "export_request", "export_targets", "export_warnings", "get_target", "inspect",
            "load", "model_cache_root", "problem_status", "provider_status", "publish", "recipe_output",
            "remove_cached", "resolve_model", "run_export", "ship_lists", "short_names_table", "target_names",
