@@ -1,0 +1,61 @@
+"""Measured sensitivity: which tensors to keep at int8 under a byte budget, from their error on calibration data.
+
+Each candidate tensor has an error at the narrow width (int4) and at the wide one (int8), measured the same
+way for all (the calibration driver uses the relative output error on the calibration inputs, below; the
+bench also measures end-to-end KL), and the bytes widening it costs. The choice is greedy by error removed
+per byte, the knapsack heuristic that is optimal when items are small next to the budget:
+
+    budget = size_budget x (bytes of the all-int4 model)  -  bytes of the all-int4 model
+    sort candidates by (err4 - err8) / extra bytes, widest gain first; take each that still fits
+
+This replaces llama.cpp's fixed use_more_bits layer rule (quantize/mixed.py) with a choice the data makes:
+on a small tied model the embedding/lm_head table can be worth more than every down projection together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # checkpoint tensor name
+    narrow_error: float  # error with this tensor at the narrow width, everything else as is
+    wide_error: float  # the same at the wide width
+    extra_bytes: int  # bytes the wide width adds
+
+    @property
+    def gain_per_byte(self) -> float:
+        return (self.narrow_error - self.wide_error) / max(1, self.extra_bytes)
+
+
+def choose_wide(candidates: Sequence[Candidate], budget_bytes: int) -> list[str]:
+    """Names to widen, greedily by error removed per byte, within `budget_bytes` extra bytes."""
+    chosen: list[str] = []
+    left = budget_bytes
+    for cand in sorted(candidates, key=lambda c: c.gain_per_byte, reverse=True):
+        if cand.narrow_error <= cand.wide_error:
+            break  # widening no longer helps (sorted: neither does anything after it)
+        if cand.extra_bytes <= left:
+            chosen.append(cand.name)
+            left -= cand.extra_bytes
+    return chosen
+
+
+def relative_output_error(w: np.ndarray, w_hat: np.ndarray, h: np.ndarray) -> float:
+    """tr(dW H dW^T) / tr(W H W^T): the output error energy on the calibration inputs, relative to the output's."""
+    d = (w - w_hat).astype(np.float64)  # (N, K)
+    w64 = w.astype(np.float64)
+    h64 = h.astype(np.float64)
+    signal = float(np.einsum("nk,kl,nl->", w64, h64, w64))
+    return float(np.einsum("nk,kl,nl->", d, h64, d)) / signal if signal else 0.0
+
+
+def budget_bytes(narrow_model_bytes: int, size_budget: float) -> int:
+    """Extra bytes allowed by --size-budget (a factor of the all-narrow model's bytes, >= 1)."""
+    if not size_budget >= 1.0:
+        raise ValueError(f"--size-budget must be >= 1.0 (a factor of the plain int4 size), got {size_budget}")
+    return int(narrow_model_bytes * (size_budget - 1.0))
