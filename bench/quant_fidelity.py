@@ -4,6 +4,9 @@ Every row is measured against phi3-edge's cpu-fp32 export of the same weights: m
 and top-1 agreement over the built-in evaluation prompts (phi3_edge.evaluate), plus the bytes of the weights
 file (model.onnx.data). The checkpoint has real Phi-3-mini layer shapes and random bf16 weights (see
 checkpoints.write_fidelity_checkpoint). Usage: python bench/quant_fidelity.py [--layers 2] [--json]
+
+Real weights: python bench/quant_fidelity.py --real smollm2:135m [rtn,gptq,...] -- every recipe (rtn, hqq,
+gptq, awq, int8, table-only) on held-out prose and Python beside llama.cpp's Q4_0/Q4_K_M/Q8_0 (bench/quant_real.py).
 """
 
 from __future__ import annotations
@@ -130,6 +133,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--real"]:  # the real-weights table: its own options (bench/quant_real.py)
+        import quant_real
+
+        return quant_real.main(["--model", argv[1], *argv[2:]])
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     checkpoint = write_fidelity_checkpoint(args.work, args.layers, args.seed)

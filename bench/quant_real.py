@@ -180,3 +180,148 @@ class Bench:
 def summarize(rows: Sequence[RealRow]) -> list[dict[str, object]]:
     return [{"label": r.label, **{f"ppl_gap_{k}": v for k, v in r.ppl_gap.items()}, "kl": r.kl, "top1": r.top1,
              "MB": r.weight_bytes / 1e6, "seconds": r.seconds} for r in rows]
+
+
+def awq_weights(bench: Bench, body: BlockFn) -> tuple[dict[str, np.ndarray], float, list[float]]:
+    """Folded fp32 weights of every layer (the map then quantizes them with `body`), seconds, alphas."""
+    folded: dict[str, np.ndarray] = {}
+    alphas: list[float] = []
+    started = time.perf_counter()
+
+    def sink(layer: int, result: cal.AwqLayer) -> None:
+        folded.update(result.weights)
+        alphas.extend(result.alphas.values())
+
+    with bench.side(None) as side:
+        cal.awq_calibrate(side, bench.calibration, body, sink)
+    return folded, time.perf_counter() - started, alphas
+
+
+def folded_map(folded: dict[str, np.ndarray], body: BlockFn, table: BlockFn | None) -> WeightMap:
+    inner = body_map(body, table)
+
+    def mapped(name: str, rows: np.ndarray) -> np.ndarray:
+        return inner(name, folded[name]) if name in folded else inner(name, rows)
+    return mapped
+
+
+def run_all(bench: Bench, only: set[str] | None = None) -> list[RealRow]:
+    """Every recipe row; `only`: labels' first words to run (rtn, hqq, gptq, awq, int8, table)."""
+    i4, i8 = (4, "none"), (8, "none")
+    rows: list[RealRow] = []
+
+    def want(key: str) -> bool:
+        return only is None or key in only
+
+    def timed(label: str, key: str, weight_map: WeightMap, nbytes: int, seconds: float = 0.0) -> None:
+        if want(key):
+            rows.append(bench.measure(label, weight_map, nbytes, seconds))
+            print(rows[-1], flush=True)
+
+    timed("fp32 body, int4 table (table's own cost)", "table", body_map(None, rtn(4)),
+          bench.params()[0] * 4 + bench.bytes_of(i4, i4) - bench.bytes_of(i4, None) + bench.params()[1] * 4)
+    timed("rtn sym int4 + int4 table (cpu-int4 today)", "rtn", body_map(rtn(4), rtn(4)), bench.bytes_of(i4, i4))
+    timed("rtn sym int4 + int8 table", "rtn", body_map(rtn(4), rtn(8)), bench.bytes_of(i4, i8))
+    timed("rtn asym int4 (uint4 zp) + int4 table", "rtn", body_map(rtn(4, False), rtn(4)),
+          bench.bytes_of((4, "uint"), i4))
+    timed("hqq int4 (float zp) + int4 table", "hqq", body_map(hqq, rtn(4)), bench.bytes_of((4, "float"), i4))
+    if want("gptq"):
+        done, seconds = bench.gptq(act_order=True)
+        timed("gptq int4 (act-order) + int4 table", "gptq", body_map(None, rtn(4), done), bench.bytes_of(i4, i4),
+              seconds)
+        timed("gptq int4 (act-order) + int8 table", "gptq", body_map(None, rtn(8), done), bench.bytes_of(i4, i8),
+              seconds)
+    if want("awq"):
+        folded, seconds, alphas = awq_weights(bench, rtn(4))
+        print("awq alphas", np.round(alphas, 2).tolist(), flush=True)
+        timed("awq + rtn sym int4 + int4 table", "awq", folded_map(folded, rtn(4), rtn(4)), bench.bytes_of(i4, i4),
+              seconds)
+        timed("awq + rtn sym int4 + int8 table", "awq", folded_map(folded, rtn(4), rtn(8)), bench.bytes_of(i4, i8),
+              seconds)
+    timed("rtn int8 + int8 table (cpu-int8)", "int8", body_map(rtn(8), rtn(8)), bench.bytes_of(i8, i8))
+    return rows
+
+
+LLAMA_BIN = Path("/work/llamacpp/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin")  # --llama-bin overrides
+LLAMA_TYPES = ("F32", "Q4_0", "Q4_K_M", "Q8_0")
+
+
+def llamacpp_rows(bench: Bench, work: Path, bin_dir: Path = LLAMA_BIN) -> list[dict[str, object]]:
+    """llama.cpp's quantizations of the same GGUF weights: perplexity gap to its own F32 on the same texts.
+
+    The texts are our first EVAL_TOKENS tokens of each held-out text, decoded; llama-perplexity re-tokenizes
+    them (BOS per 512-token chunk) and scores the second half of each chunk, so only its gaps compare with ours.
+    """
+    import re
+    import subprocess
+
+    work.mkdir(parents=True, exist_ok=True)
+    source = bench.checkpoint.weight_files[0]
+    files = {}
+    for name, seqs in bench.eval.items():
+        files[name] = work / f"{name}.txt"
+        files[name].write_text(bench.tokenizer.decode([t for s in seqs for t in s]), encoding="utf-8")
+    ppl: dict[str, dict[str, float]] = {}
+    sizes: dict[str, int] = {}
+    for kind in LLAMA_TYPES:
+        model = work / f"model-{kind}.gguf"
+        if not model.exists():
+            subprocess.run([str(bin_dir / "llama-quantize"), "--allow-requantize", str(source), str(model), kind],
+                           check=True, capture_output=True)
+        sizes[kind] = model.stat().st_size
+        for name, path in files.items():
+            out = subprocess.run([str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(path), "-c",
+                                  str(WINDOW)], capture_output=True, text=True, check=True)
+            found = re.search(r"Final estimate: PPL = ([0-9.]+)", out.stdout + out.stderr)
+            assert found, f"no perplexity in llama-perplexity's output for {model}"
+            ppl.setdefault(kind, {})[name] = float(found.group(1))
+    base = ppl["F32"]
+    return [{"label": f"llama.cpp {kind}", **{f"ppl_gap_{n}": ppl[kind][n] / base[n] - 1 for n in base},
+             "kl": None, "top1": None, "MB": sizes[kind] / 1e6, "seconds": None} for kind in LLAMA_TYPES[1:]]
+
+
+def print_rows(rows: Sequence[dict[str, object]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in ("recipe", "ppl gap prose", "ppl gap python", "KL", "top-1", "weights MB", "calib s"):
+        table.add_column(name, justify="left" if name == "recipe" else "right")
+
+    def fmt(value: object, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for r in rows:
+        table.add_row(str(r["label"]), fmt(r["ppl_gap_prose"], "+.1%"), fmt(r["ppl_gap_python"], "+.1%"),
+                      fmt(r["kl"], ".4f"), fmt(r["top1"], ".1%"), fmt(r["MB"], ".1f"), fmt(r["seconds"], ".0f"))
+    Console(width=max(Console().width, 130)).print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python bench/quant_real.py [rtn,hqq,gptq,awq,int8,table] [--no-llamacpp] [--json]"""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("only", nargs="?", help="comma-separated row kinds: rtn,hqq,gptq,awq,int8,table")
+    parser.add_argument("--model", default="smollm2:135m")
+    parser.add_argument("--no-llamacpp", action="store_true")
+    parser.add_argument("--llama-bin", type=Path, default=LLAMA_BIN)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/phi3-edge-bench/quant-real"))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    bench = Bench(args.model)
+    ref = bench.ref_ppl()
+    rows = summarize(run_all(bench, set(args.only.split(",")) if args.only else None))
+    if not args.no_llamacpp:
+        rows += llamacpp_rows(bench, args.work, args.llama_bin)
+    if args.json:
+        print(json.dumps({"fp32_ppl": ref, "rows": rows}, indent=1))
+    else:
+        print_rows(rows, f"{args.model}: recipes vs fp32 (ppl prose {ref['prose']:.2f}, python {ref['python']:.2f}),"
+                         f" {EVAL_TOKENS} held-out tokens per text")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
