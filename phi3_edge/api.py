@@ -49,6 +49,7 @@ class ExportOptions(TypedDict, total=False):
     fidelity: bool
     layout: str | None
     command: str | None
+    mobile_files: str | None
 
 
 _QUANT_KEYWORDS = {"quant_algo": "algo", "mixed_precision": "mixed_precision", "lm_head": "lm_head",

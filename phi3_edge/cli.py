@@ -131,6 +131,9 @@ class _ExportCommand(click.Command):
 @click.option("--layout", type=click.Choice(["optimum"]), default=None,
               help="Also lay the folder out for Optimum / Transformers.js: config.json, generation_config.json, "
                    "onnx/model{_q4,_int8,_fp16}.onnx beside the files onnxruntime-genai reads.")
+@click.option("--mobile-files", type=click.Choice(["ort", "onnx"]), default=None,
+              help="Mobile targets: keep only what the app ships, model.ort (ORT format, for a minimal "
+                   "onnxruntime) or model.onnx + model.onnx.data (default: both).")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the artifact path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export summary as JSON (no progress display).")
 def export(quiet: bool, targets: str | None, as_json: bool, **options: Any) -> None:
@@ -161,7 +164,7 @@ def export_request(options: dict[str, Any], *, quiet: bool = False) -> api.Expor
                              force=options["force"], require_tokenizer=not options["no_tokenizer"],
                              progress=False if quiet else None, quant=quant, max_kl=options["max_kl"],
                              fidelity=not options["no_fidelity"], layout=options.get("layout"),
-                             command=command_line())
+                             command=command_line(), mobile_files=options["mobile_files"])
 
 
 def command_line() -> str | None:

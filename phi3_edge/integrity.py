@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from phi3_edge import artifact_guard
-from phi3_edge.artifact_contract import MODEL_FILE
+from phi3_edge.artifact_contract import MODEL_FILE, ORT_FILE
 from phi3_edge.errors import ArtifactError
 from phi3_edge.manifest import MANIFEST_NAME, folder_names, read_manifest, sha256_file
 from phi3_edge.onnx_wire import read_graph_io
@@ -203,7 +203,11 @@ def _is_count(value: Any) -> bool:
 def _check_graph(folder: Path, manifest: dict[str, Any]) -> tuple[int, list[str], list[tuple[str, str]]]:
     """(I/O entries compared, external-data locations, problems) for model.onnx."""
     if not (folder / MODEL_FILE).is_file():
-        return 0, [], [] if MODEL_FILE in manifest["files"] else [(MODEL_FILE, f"{DAMAGED}: no decoder graph")]
+        if MODEL_FILE in manifest["files"]:
+            return 0, [], []  # _check_files reports it missing
+        if ORT_FILE in manifest["files"]:
+            return 0, [], []  # `--mobile-files ort`: the ORT-format graph holds its weights inline (flatbuffer)
+        return 0, [], [(MODEL_FILE, f"{DAMAGED}: no decoder graph")]
     try:
         io, external = read_graph_io(folder / MODEL_FILE)
     except (OSError, ValueError) as exc:  # WireError is a ValueError

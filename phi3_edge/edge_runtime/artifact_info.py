@@ -7,11 +7,14 @@ the manifest part is then empty.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phi3_edge.edge_runtime.census import GraphInfo, read_graph_info
+from phi3_edge import io_spec
+from phi3_edge.artifact_contract import ORT_FILE
+from phi3_edge.edge_runtime.census import GraphInfo, TensorInfo, read_graph_info
 from phi3_edge.edge_runtime.decoder_config import read_decoder_config
 from phi3_edge.errors import ArtifactError
 from phi3_edge.integrity import check_before_load
@@ -60,11 +63,24 @@ def inspect_artifact(folder: str | Path) -> ArtifactInfo:
     model_path = folder / config.model_file
     if not model_path.is_file():
         raise ArtifactError("not found (the decoder graph genai_config.json names)", model_path)
-    graph = read_graph_info(model_path)
     files = sorted(((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file()),
                    key=lambda item: (-item[1], item[0]))
     try:
         manifest = read_manifest(folder)
     except ArtifactError:
         manifest = {}
+    ort_format = model_path.name == ORT_FILE
+    graph = _ort_format_info(manifest, config.num_layers) if ort_format else read_graph_info(model_path)
     return ArtifactInfo(folder, graph, files, manifest)
+
+
+def _ort_format_info(manifest: dict[str, Any], num_layers: int) -> GraphInfo:
+    """An ORT-format graph (`--mobile-files ort`) is a flatbuffer, not the protobuf census.py reads: no op
+    census (required_operators.config lists its ops), the declared I/O from manifest.json's io_signature."""
+    outputs = {io_spec.LOGITS} | {name for i in range(num_layers)
+                                  for name in (io_spec.present_key(i), io_spec.present_value(i))}
+    signature = manifest.get("io_signature")
+    tensors = [TensorInfo(str(s.get("name")), str(s.get("dtype")), tuple(s.get("shape") or ()))
+               for s in (signature if isinstance(signature, list) else []) if isinstance(s, dict)]
+    return GraphInfo(Counter(), tuple(t for t in tensors if t.name not in outputs),
+                     tuple(t for t in tensors if t.name in outputs))

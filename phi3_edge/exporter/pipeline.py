@@ -21,6 +21,7 @@ from typing import Any
 from phi3_edge import io_spec
 from phi3_edge.artifact_contract import MODEL_FILE
 from phi3_edge.errors import Phi3EdgeError
+from phi3_edge.exporter.app_files import check_mobile_files, keep_only
 from phi3_edge.exporter.artifact import StageCallback, staged_artifact
 from phi3_edge.exporter.build import GraphStats, export_graph, model_shape
 from phi3_edge.exporter.checkpoint import Checkpoint, resolve_checkpoint
@@ -49,6 +50,7 @@ def export_artifact(request: ExportRequest, target: Target, measure: MeasureFide
     on_stage hears each point of exporter/artifact.py's STAGES as the export passes it (tests kill it there)."""
     started = time.perf_counter()
     check_options(target, request.quant)
+    check_mobile_files(request.mobile_files, target.ort_format)
     if request.output is None:
         raise Phi3EdgeError("an output folder is required (--output)")
     output = request.output
@@ -110,15 +112,19 @@ def _write_companions(folder: Path, checkpoint: Checkpoint, spec: Phi3Spec, targ
     signature += [asdict(s) for s in io_spec.decoder_outputs(spec.num_layers, spec.num_kv_heads, spec.head_dim,
                                                                spec.vocab_size, target.io_dtype)]
     source = source_record(checkpoint.source, checkpoint.revision, checkpoint.root, checkpoint.all_files())
+    needs_runtime = _min_runtime(folder / MODEL_FILE)  # read from model.onnx, which --mobile-files ort removes
+    if request.mobile_files is not None:  # after the gate (it measures model.onnx), before the hashes
+        keep_only(folder, request.mobile_files)
     record = {"weights": target.weight_format, "io_dtype": target.io_dtype, "fused_rotary": stats.fused_rotary,
               "graph_nodes": stats.nodes, "bits": target.bits, "block_size": target.block_size,
               "accuracy_level": target.accuracy_level, "quant_algo": recipe.name, **stats.heads,
-              "quantization": recipe.to_json(), "ort_format": stats.ort_format}
+              "quantization": recipe.to_json(), "ort_format": stats.ort_format,
+              "mobile_files": request.mobile_files}
     rope_switch = spec.longrope.original_max_position_embeddings if spec.longrope else None
     manifest = build_manifest(source=source, spec_json=spec.to_json(), target=asdict(target), recipe=record,
                               io_signature=signature, artifact_dir=folder, rope_switch_length=rope_switch)
     manifest["fidelity"] = fidelity
-    manifest[MIN_RUNTIME_KEY] = _min_runtime(folder / MODEL_FILE)
+    manifest[MIN_RUNTIME_KEY] = needs_runtime
     manifest["layout"] = request.layout
     manifest["command"] = request.command
     write_manifest(folder, manifest)

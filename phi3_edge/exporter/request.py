@@ -25,6 +25,7 @@ class ExportRequest:
     fidelity: bool = True  # measure a quantized export against the reference (False: recorded as null)
     layout: str | None = None  # "optimum": also config.json, generation_config.json, onnx/model*.onnx (LAYOUTS)
     command: str | None = None  # the command line that asked for this export (manifest.json's "command")
+    mobile_files: str | None = None  # mobile targets: keep only "ort" (model.ort) or "onnx" (exporter/app_files.py)
 
 
 @dataclass(frozen=True)
