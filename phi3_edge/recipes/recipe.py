@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from phi3_edge.errors import Phi3EdgeError
+from phi3_edge.quantize.recipe import ALGOS as QUANT_ALGOS
+from phi3_edge.quantize.recipe import EMBEDDING_CHOICES, LM_HEAD_CHOICES
 from phi3_edge.targets.table import TARGETS
 
-QUANT_ALGOS = ("rtn", "hqq")  # phi3_edge.quantize's algorithms (checked against it in tests/recipes)
-LM_HEAD_CHOICES = ("float", "int8", "int4")
-EMBEDDING_CHOICES = ("float", "quantized")
 DEFAULT_GROUP = "default"
 # Names end up in folder names, CI job names and artifact names: keep them to a portable alphabet.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
