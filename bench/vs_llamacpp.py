@@ -71,6 +71,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker", choices=["ours", "kl-ref", "kl-ours", "kl-llama"], help=argparse.SUPPRESS)
     parser.add_argument("--path", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="ort", help=argparse.SUPPRESS)
+    parser.add_argument("--reference", type=Path, default=Path("fp32"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -116,7 +117,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         report = run_bench(args.path, args.prompt_len, args.gen_len, backend=args.backend, repeats=args.repeats,
                            intra_op_threads=args.threads, verify=False)
         return report.to_json()
-    reference = args.work / "kl-reference.npz"
+    reference = args.work / f"kl-reference-{args.reference.name}.npz"  # the fp32 folder's log-probs
     if args.worker == "kl-ref":
         return _write_reference(args.path, reference, args.threads)
     stored = np.load(reference)
@@ -168,6 +169,7 @@ def _kl(stored: Any, logps: list[np.ndarray]) -> dict[str, Any]:
 
 def _spawn(args: argparse.Namespace, kind: str, path: Path, backend: str = "ort") -> dict[str, Any]:
     command = [sys.executable, __file__, "--worker", kind, "--path", str(path), "--backend", backend,
+               "--reference", str(args.reference),
                "--work", str(args.work), "--threads", str(args.threads), "--prompt-len", str(args.prompt_len),
                "--gen-len", str(args.gen_len), "--repeats", str(args.repeats)]
     if args.llamacpp_dir is not None:
@@ -192,6 +194,7 @@ def measure_speed(row: Row, args: argparse.Namespace) -> dict[str, Any]:
 
 def measure_kl(rows: list[Row], reference: Path, args: argparse.Namespace) -> dict[Path, dict[str, Any]]:
     """KL per distinct artifact or GGUF (both of our backends run the same graph: one KL)."""
+    args.reference = reference
     ref = _spawn(args, "kl-ref", reference)
     if "error" in ref:
         return {row.path: ref for row in rows}
