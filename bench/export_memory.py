@@ -167,7 +167,8 @@ def print_table(results: list[Result], title: str) -> None:
         failed = r.returncode != 0
         fake = r.precision != "fp32" and not r.matmulnbits and not failed
         table.add_row(
-            r.tool, f"{r.precision}*" if fake else r.precision, f"{r.pass_index}/{'first' if r.position == 1 else 'second'}",
+            r.tool, f"{r.precision}*" if fake else r.precision,
+            f"{r.pass_index}/{'first' if r.position == 1 else 'second'}",
             f"{r.peak_rss_bytes / GB:.2f}", f"{r.wall_s:.1f}",
             f"FAILED rc={r.returncode}" if failed else f"{r.output_bytes / GB:.2f}",
             f"{rel[0]:.2f}x" if rel else "-", f"{rel[1]:.2f}x" if rel else "-",

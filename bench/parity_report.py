@@ -19,7 +19,6 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fixtures.checkpoints import ORIGINAL_MAX_POSITIONS, SLIDING_WINDOW, make_checkpoint  # noqa: E402
 from fixtures.reference import hf_reference, ort_incremental  # noqa: E402
-
 from phi3_edge.api import export  # noqa: E402
 from phi3_edge.exporter.config import load_spec  # noqa: E402
 

@@ -167,7 +167,8 @@ def _check_entry(folder: Path, name: str, entry: Any) -> FileStatus:
     if size is None:
         return status(f"{DAMAGED}: listed in {MANIFEST_NAME} but missing")
     if size != recorded:
-        hint = "truncated download or partial copy?" if recorded is not None and size < recorded else "modified after export?"
+        shorter = recorded is not None and size < recorded
+        hint = "truncated download or partial copy?" if shorter else "modified after export?"
         return status(f"{DAMAGED}: size {size} != {recorded} recorded in {MANIFEST_NAME} ({hint})")
     if sha256_file(path) != digest:
         return status(f"{DAMAGED}: sha256 differs from {MANIFEST_NAME} (corrupted or modified; export or copy again)")

@@ -210,7 +210,7 @@ def oneof_message(message: Message, members: tuple[int, ...]) -> tuple[int | Non
     """(member set last, its merged message): an occurrence of another member clears what came before."""
     current: int | None = None
     chunks: list[memoryview] = []
-    for field, wire, value in each(message):
+    for field, _wire, value in each(message):
         if field in members and isinstance(value, memoryview):
             if field != current:
                 current, chunks = field, []

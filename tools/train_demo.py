@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -151,8 +150,7 @@ def build_model(vocab_size: int, eos_id: int):
         attention_dropout=0.0,
         initializer_range=0.02,
     )
-    model = Phi3ForCausalLM(config)
-    return model
+    return Phi3ForCausalLM(config)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:

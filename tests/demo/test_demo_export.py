@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fixtures.reference import hf_generate_greedy
 
+from fixtures.reference import hf_generate_greedy
 from phi3_edge.api import export, load
 from phi3_edge.exporter.checkpoint import resolve_checkpoint
 

@@ -13,8 +13,8 @@ import pytest
 
 from phi3_edge.api import load
 from phi3_edge.edge_runtime import session as session_module
-from phi3_edge.edge_runtime.model import EdgeModel
 from phi3_edge.edge_runtime.artifact_info import inspect_artifact
+from phi3_edge.edge_runtime.model import EdgeModel
 from phi3_edge.errors import ArtifactError
 from phi3_edge.evaluate.forward import ArtifactModel
 from phi3_edge.integrity import check_artifact, stamp_path, verify_artifact

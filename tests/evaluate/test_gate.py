@@ -31,7 +31,8 @@ def test_a_quantized_export_records_its_fidelity(tiny_checkpoint, tmp_path):
     assert result.fidelity == fidelity
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the temporary fp32 reference is gone
     assert not [p for p in (tmp_path / "out").iterdir() if p.is_dir()]  # ... from inside the artifact too
-    assert set(manifest(tmp_path / "out")["files"]) == {p.name for p in (tmp_path / "out").iterdir()} - {"manifest.json"}
+    on_disk = {p.name for p in (tmp_path / "out").iterdir()} - {"manifest.json"}
+    assert set(manifest(tmp_path / "out")["files"]) == on_disk
 
 
 def test_a_failed_gate_leaves_nothing(tiny_checkpoint, tmp_path):

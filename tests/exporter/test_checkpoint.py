@@ -11,7 +11,6 @@ import pytest
 from phi3_edge.errors import CheckpointError
 from phi3_edge.exporter import checkpoint as ck
 
-
 # The smallest tokenizer.json the tokenizers library accepts: resolve_checkpoint parses it up front.
 MINIMAL_TOKENIZER = json.dumps({"version": "1.0", "model": {"type": "WordLevel", "vocab": {"<unk>": 0},
                                                              "unk_token": "<unk>"}})

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from fixtures.checkpoints import ORIGINAL_MAX_POSITIONS, SLIDING_WINDOW
 from fixtures.reference import hf_reference
-
 from phi3_edge.api import export
 
 og = pytest.importorskip("onnxruntime_genai")
@@ -53,8 +53,8 @@ def test_genai_generates_reference_tokens(tiny_checkpoint, tmp_path: Path, varia
 def test_genai_runs_quantized_artifacts(tiny_checkpoint, tmp_path: Path, variant: str, target: str) -> None:
     """Quantized graphs (MatMulNBits, shared GatherBlockQuantized table) in genai give our loop's tokens."""
     import numpy as np
-    from fixtures.reference import ort_incremental
 
+    from fixtures.reference import ort_incremental
     from phi3_edge.exporter.config import load_spec
 
     checkpoint = tiny_checkpoint(variant)

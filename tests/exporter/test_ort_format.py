@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from fixtures.reference import ort_incremental
 
+from fixtures.reference import ort_incremental
 from phi3_edge.api import export
 from phi3_edge.exporter.config import load_spec
 from phi3_edge.exporter.ort_format import write_required_operators

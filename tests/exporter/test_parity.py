@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fixtures.checkpoints import ORIGINAL_MAX_POSITIONS, SLIDING_WINDOW
 from fixtures.reference import Reference, hf_reference, ort_incremental
-
 from phi3_edge.api import export
 from phi3_edge.exporter.config import load_spec
 
