@@ -20,6 +20,7 @@ from phi3_edge.exporter.ort_format import write_ort_format
 from phi3_edge.exporter.tensor_writer import TensorWriter
 from phi3_edge.exporter.weight_source import WeightSource
 from phi3_edge.exporter.weights import WeightStore
+from phi3_edge.quantize.calibrated import CalibratedBlocks
 from phi3_edge.quantize.recipe import ModelShape, QuantOptions, QuantRecipe, decide_recipe
 from phi3_edge.targets.table import Target
 
@@ -45,9 +46,10 @@ def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...],
                  *, recipe: QuantRecipe | None = None,
                  on_tensor: Callable[[str, int], None] | None = None,
                  on_layer: Callable[[int], None] | None = None,
-                 on_stage: Callable[[str], None] | None = None) -> GraphStats:
+                 on_stage: Callable[[str], None] | None = None,
+                 calibrated: CalibratedBlocks | None = None) -> GraphStats:
     """`recipe` defaults to the target's own (decide_recipe with default options); on_stage hears
-    "headers" and "weights" (see exporter/artifact.py's STAGES)."""
+    "headers" and "weights" (see exporter/artifact.py's STAGES); `calibrated`: GPTQ blocks by tensor name."""
     if recipe is None:
         recipe = decide_recipe(target, QuantOptions(), model_shape(spec))
     started = time.perf_counter()
@@ -58,7 +60,7 @@ def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...],
         source = WeightSource(store, writer, float_dtype=float_dtype, on_tensor=on_tensor)
         g = GraphBuilder("phi3_decoder")
         heads = make_heads(g, spec, source, recipe)
-        linear = RecipeLinear(source, recipe)
+        linear = RecipeLinear(source, recipe, calibrated)
         model = build_decoder(g, spec, plan, source, linear, heads, on_layer or (lambda layer: None))
         _check_all_used(store, spec, weight_files)
         data_bytes = writer.bytes_written

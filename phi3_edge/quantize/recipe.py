@@ -20,6 +20,9 @@ from phi3_edge.quantize.mixed import down_proj_name, uses_more_bits
 from phi3_edge.targets.table import Target
 
 ALGOS = ("rtn", "hqq")
+# Algorithms whose blocks are computed before the export from calibration data (quantize/calibrated.py): a
+# LinearRecipe may name them; options cannot ask for them until api runs the calibration pass for an export.
+CALIBRATED_ALGOS = ("gptq",)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 (MatMulNBits' accuracy_level attribute)
 HQQ_BITS = (2, 4)  # HQQ needs float zero points, which ORT 1.32's CPU kernel rejects with 8-bit weights
 LM_HEAD_CHOICES = ("float", "int8", "int4")
@@ -54,8 +57,10 @@ def check_linear_recipe(recipe: LinearRecipe) -> None:
         check_bits_and_block(recipe.bits, recipe.block_size)
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
-    if recipe.algo not in ALGOS:
+    if recipe.algo not in ALGOS + CALIBRATED_ALGOS:
         raise RecipeError(f"unknown quantization algorithm {recipe.algo!r}; expected one of {', '.join(ALGOS)}")
+    if recipe.algo == "gptq" and not recipe.symmetric:
+        raise RecipeError("GPTQ here is symmetric (no zero-point input: no extra bytes, the fast kernel path)")
     if recipe.algo == "hqq" and recipe.symmetric:
         raise RecipeError("HQQ optimises zero points: it is asymmetric by construction (symmetric=False)")
     if recipe.algo == "hqq" and recipe.bits not in HQQ_BITS:

@@ -22,7 +22,8 @@ def test_invalid_linear_recipes_are_one_line_errors() -> None:
              ({"bits": 8, "block_size": 32, "symmetric": False, "algo": "hqq"}, "8 bits"),
              ({"bits": 4, "block_size": 48}, "power of two"),
              ({"bits": 3, "block_size": 32}, "bits must be"),
-             ({"bits": 4, "block_size": 32, "algo": "gptq"}, "algorithm"),
+             ({"bits": 4, "block_size": 32, "algo": "squeezellm"}, "algorithm"),
+             ({"bits": 4, "block_size": 32, "symmetric": False, "algo": "gptq"}, "symmetric"),
              ({"bits": 4, "block_size": 32, "accuracy_level": 7}, "accuracy_level")]
     for fields, message in cases:
         with pytest.raises(RecipeError, match=message) as caught:

@@ -18,7 +18,7 @@ A second pass would instead read every weight twice, and for HQQ iterate twice, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +37,8 @@ from phi3_edge.quantize.blockwise import (
     quantize_hqq,
     quantize_rtn,
 )
-from phi3_edge.quantize.recipe import LinearRecipe
+from phi3_edge.quantize.calibrated import CalibratedBlocks
+from phi3_edge.quantize.recipe import CALIBRATED_ALGOS, LinearRecipe
 
 
 @dataclass
@@ -50,7 +51,8 @@ class _SideTensors:
 class NBitsLinear:
     """The Linear protocol (exporter/blocks/linear.py) for one quantized recipe (validated when it was made)."""
 
-    def __init__(self, source: WeightSource, recipe: LinearRecipe, *, hqq_iters: int = 20) -> None:
+    def __init__(self, source: WeightSource, recipe: LinearRecipe, *, hqq_iters: int = 20,
+                 calibrated: CalibratedBlocks | None = None) -> None:
         self.source = source
         self.recipe = recipe
         self.bits = recipe.bits
@@ -59,6 +61,7 @@ class NBitsLinear:
         self.symmetric = recipe.symmetric
         self.algo = recipe.algo
         self.hqq_iters = hqq_iters
+        self.calibrated = calibrated  # GPTQ blocks computed before the export (quantize/calibrated.py)
 
     @property
     def scale_dtype(self) -> str:
@@ -90,6 +93,8 @@ class NBitsLinear:
 
     def quantize(self, w: np.ndarray) -> QuantizedBlocks:
         """One (rows, K) float32 chunk, quantized as this layer's recipe says."""
+        if self.algo in CALIBRATED_ALGOS:
+            raise ValueError(f"--quant-algo {self.algo} needs its calibrated blocks (the export's calibration pass)")
         if self.algo == "hqq":
             return quantize_hqq(w, self.bits, self.block_size, self.hqq_iters, scale_dtype=self.scale_dtype)
         return quantize_rtn(w, self.bits, self.block_size, self.symmetric, scale_dtype=self.scale_dtype)
@@ -112,10 +117,18 @@ class NBitsLinear:
 
     def _packed_chunks(self, info: TensorInfo, first: int, last: int, side: _SideTensors,
                        float_zero_points: bool = True) -> Iterator[np.ndarray]:
+        if self.calibrated is not None:  # GPTQ: codes already chosen; never carried or re-rounded
+            prepared = self.calibrated.rows(info.name, first, last, self.bits, self.block_size)
+            if prepared is not None:
+                yield from self._emit([prepared], side)
+                return
         # GGUF Q4_0/Q4_1/Q8_0 blocks that match the recipe go straight through (exporter/gguf/carry.py).
         carried = carry_rows(self.source.store, info, (first, last), self.bits, self.block_size, self.scale_dtype,
                              float_zero_points=float_zero_points)
         chunks = carried if carried is not None else map(self.quantize, self.source.row_blocks(info, (first, last)))
+        yield from self._emit(chunks, side)
+
+    def _emit(self, chunks: Iterable[QuantizedBlocks], side: _SideTensors) -> Iterator[np.ndarray]:
         for quantized in chunks:
             side.scales.append(quantized.scales.astype(self.scale_dtype))
             if quantized.zero_points is not None:
