@@ -147,7 +147,7 @@ class Bench:
                 out[name] = math.exp(float(nll.mean()))
         return out
 
-    def gptq(self, act_order: bool = True) -> tuple[dict[str, np.ndarray], float]:
+    def gptq(self, act_order: bool = True, base: WeightMap | None = None) -> tuple[dict[str, np.ndarray], float]:
         done: dict[str, np.ndarray] = {}
         started = time.perf_counter()
 
@@ -158,7 +158,7 @@ class Bench:
             return (4, 32) if name.endswith("_proj.weight") else None
 
         with self.side(None) as side:
-            cal.gptq_calibrate(side, self.calibration, plan, sink, act_order=act_order)
+            cal.gptq_calibrate(side, self.calibration, plan, sink, act_order=act_order, base=base)
         return done, time.perf_counter() - started
 
     def params(self) -> tuple[int, int]:
@@ -206,7 +206,7 @@ def folded_map(folded: dict[str, np.ndarray], body: BlockFn, table: BlockFn | No
 
 
 def run_all(bench: Bench, only: set[str] | None = None) -> list[RealRow]:
-    """Every recipe row; `only`: labels' first words to run (rtn, hqq, gptq, awq, int8, table)."""
+    """Every recipe row; `only`: row kinds to run (table, rtn, hqq, gptq, awq, awq+gptq, hqq8, int8)."""
     i4, i8 = (4, "none"), (8, "none")
     rows: list[RealRow] = []
 
@@ -238,6 +238,13 @@ def run_all(bench: Bench, only: set[str] | None = None) -> list[RealRow]:
               seconds)
         timed("awq + rtn sym int4 + int8 table", "awq", folded_map(folded, rtn(4), rtn(8)), bench.bytes_of(i4, i8),
               seconds)
+    if want("awq+gptq"):
+        folded, seconds, _ = awq_weights(bench, rtn(4))
+        done, more = bench.gptq(True, lambda name, rows: folded.get(name, rows))
+        timed("awq + gptq int4 + int8 table", "awq+gptq", body_map(None, rtn(8), {**folded, **done}),
+              bench.bytes_of(i4, i8), seconds + more)
+    if want("hqq8"):
+        timed("hqq int4 (float zp) + int8 table", "hqq8", body_map(hqq, rtn(8)), bench.bytes_of((4, "float"), i8))
     timed("rtn int8 + int8 table (cpu-int8)", "int8", body_map(rtn(8), rtn(8)), bench.bytes_of(i8, i8))
     return rows
 

@@ -31,7 +31,7 @@ from phi3_edge.quantize.awq import Quantizer, search_scales
 from phi3_edge.quantize.blockwise import QuantizedBlocks, dequantize
 from phi3_edge.quantize.gptq import hessian_factor, quantize_gptq
 from phi3_edge.reference import layer_graph as lg
-from phi3_edge.reference.checkpoint_side import CheckpointSide
+from phi3_edge.reference.checkpoint_side import CheckpointSide, WeightMap
 from phi3_edge.reference.state import State
 
 MAX_TOKENS = 4096  # calibration tokens used (GPTQ saturates well below; more only costs time)
@@ -99,13 +99,16 @@ def layer_stats(side: CheckpointSide, layer: int, states: Sequence[State], *, he
 
 
 def gptq_calibrate(side: CheckpointSide, sequences: Sequence[Sequence[int]], plan: Plan, sink: Sink, *,
-                   act_order: bool = True, damp: float = 0.01, on_layer: Callable[[int], None] | None = None) -> None:
+                   act_order: bool = True, damp: float = 0.01, on_layer: Callable[[int], None] | None = None,
+                   base: WeightMap | None = None) -> None:
     """GPTQ every Linear `plan` names, layer by layer; each result goes to `sink` and into the stream.
 
+    `base`: the float weights to start from instead of the checkpoint's (AWQ's folded ones: AWQ then GPTQ).
     `side` must carry no weight_map of its own: this installs one that substitutes the layers done so far.
     """
     done: dict[str, np.ndarray] = {}  # dequantized weights of the current layer only (earlier ones are dropped)
-    side.weight_map = lambda name, rows: done.get(name, rows)
+    start = base or (lambda name, rows: rows)
+    side.weight_map = lambda name, rows: done[name] if name in done else start(name, rows)
     states = [side.embed(ids) for ids in sequences]
     for layer in range(side.num_layers):
         stats = layer_stats(side, layer, states, hessian=True)
@@ -116,6 +119,7 @@ def gptq_calibrate(side: CheckpointSide, sequences: Sequence[Sequence[int]], pla
                 continue
             w = side.store.read_rows(side.store.info(name, (side.store.rows_of(name), h.shape[0])), 0,
                                      side.store.rows_of(name))  # (N, K) fp32
+            w = start(name, w)
             factor = hessian_factor(h, damp, act_order)
             blocks = quantize_gptq(w, h, shape[0], shape[1], damp=damp, act_order=act_order, factor=factor)
             sink(name, blocks)
