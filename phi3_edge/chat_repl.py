@@ -64,10 +64,16 @@ class ChatModel(Protocol):
 
 
 class EdgeChatModel:
-    """An EdgeModel (api.load) with fixed generation options, in the ChatModel shape."""
+    """An EdgeModel (api.load) with fixed generation options, in the ChatModel shape.
 
-    def __init__(self, model: Any, **generation: Any) -> None:
+    With a `conversation` (api.conversation(model, **generation)) each reply reuses the KV cache of the
+    tokens the previous turn left (the whole history is still passed: dropped or reloaded turns just reuse
+    less); without one, every reply prefills the whole conversation.
+    """
+
+    def __init__(self, model: Any, conversation: Any = None, **generation: Any) -> None:
         self._model = model
+        self._conversation = conversation
         self._generation = generation
 
     @property
@@ -82,6 +88,9 @@ class EdgeChatModel:
         return len(self._model.encode_chat(messages))
 
     def reply(self, messages: Sequence[Message]) -> ReplyStream:
+        if self._conversation is not None:
+            reused: ReplyStream = self._conversation.stream(list(messages))
+            return reused
         stream: ReplyStream = self._model.stream(list(messages), **self._generation)
         return stream
 

@@ -149,7 +149,8 @@ def _chat(model: str, system: str | None, truncate: bool, backend: str, target: 
     loaded = _open(model, target, allow_cpu, no_verify, backend)
     interactive = sys.stdin.isatty()
     reader = TerminalReader() if interactive else StreamReader(sys.stdin.buffer)
-    chat_model = EdgeChatModel(loaded, **generation)
+    # The KV cache outlives each reply: a turn prefills only what follows the tokens it already holds.
+    chat_model = EdgeChatModel(loaded, api.conversation(loaded, **generation), **generation)
     banner = (f"{model} on {loaded.provider}, {chat_model.context_length}-token context. "
               "/help for commands, Ctrl-C stops a reply, Ctrl-D or /bye quits.") if interactive else None
     options = ChatOptions(system=system, drop_oldest=truncate, banner=banner)

@@ -219,5 +219,12 @@ def test_edge_chat_model_replies_as_the_api(tiny_checkpoint, tmp_path: Path) -> 
     first = model.generate(history, 6).text
     history += [{"role": "assistant", "content": first}, {"role": "user", "content": "And then?"}]
     assert out.getvalue() == f"{first}\n{model.generate(history, 6).text}\n"
+    # The same chat through a Conversation (the KV cache kept between turns) writes the same replies.
+    from phi3_edge.api import conversation
+
+    reused = io.StringIO()
+    kept = EdgeChatModel(model, conversation(model, max_new_tokens=6), max_new_tokens=6)
+    ChatRepl(kept, ScriptedReader(["Hi", "And then?"]), reused, io.StringIO()).run()
+    assert reused.getvalue() == out.getvalue()
     assert chat.context_length == model.config.context_length
     assert chat.prompt_tokens(history) == len(model.encode_chat(history))
