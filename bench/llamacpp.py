@@ -147,11 +147,14 @@ def _conversion_view(checkpoint: Path, view: Path) -> Path:
     return view
 
 
-def quantize(llama: LlamaCpp, source: Path, kind: str, log: Path, threads: int) -> Path:
-    out = source.with_name(source.name.replace("BF16", kind))
+def quantize(llama: LlamaCpp, source: Path, kind: str, log: Path, threads: int, work: Path) -> Path:
+    """source (BF16, or an already quantized GGUF: requantized from its dequantized weights) -> `kind`."""
+    stem = source.stem.replace("-BF16", "")
+    out = work / f"{stem}-{kind}.gguf"
     if not out.is_file():
         partial = out.with_suffix(".partial")
-        _run([str(llama.tool("llama-quantize")), str(source), str(partial), kind, str(threads)], log)
+        requantize = [] if "BF16" in source.name else ["--allow-requantize"]
+        _run([str(llama.tool("llama-quantize")), *requantize, str(source), str(partial), kind, str(threads)], log)
         partial.rename(out)
     return out
 

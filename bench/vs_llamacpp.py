@@ -17,6 +17,7 @@ a KL-only row: llama.cpp on the unquantized weights, so its KL (~0) checks the c
 
     python bench/vs_llamacpp.py --layers 8 --llamacpp-dir /path/to/llama.cpp   # reuse a build
     python bench/vs_llamacpp.py --checkpoint DIR --artifact int4-b128=build/x  # extra artifacts of ours
+    python bench/vs_llamacpp.py --model smollm2:135m --gguf SmolLM2-135M-Instruct.Q4_1.gguf  # a real model
 Without --llamacpp-dir the sdist is downloaded and built under --work (minutes). Writes vs_llamacpp.json.
 """
 
@@ -55,6 +56,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="an HF Phi-3 folder (default: random Phi-3-mini shapes)")
     parser.add_argument("--layers", type=int, default=8, help="layers of the generated checkpoint")
+    parser.add_argument("--model", help="instead of --checkpoint: any `phi3-edge export --model` (a short name, a "
+                                        "GGUF file, ...); needs --gguf for the llama.cpp side")
+    parser.add_argument("--gguf", type=Path, help="llama.cpp's source for --model: this GGUF, requantized "
+                                                  "(--allow-requantize) to each --quant type")
     parser.add_argument("--llamacpp-dir", type=Path, help="an existing llama.cpp tree with build/bin tools")
     parser.add_argument("--artifact", action="append", default=[], metavar="LABEL=FOLDER",
                         help="another artifact folder of ours to time beside cpu-int4 (repeatable)")
@@ -77,12 +82,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 # --- preparing the rows ----------------------------------------------------------------------------------------
 
-def export_ours(checkpoint: Path, target: str, work: Path) -> Path:
-    """`phi3-edge export --target <target>` of the checkpoint (kept under --work; its own KL gate is off,
-    the bench measures KL itself)."""
-    folder = work / f"{checkpoint.name}-{target}"
+def export_ours(model: str, target: str, work: Path) -> Path:
+    """`phi3-edge export --target <target>` of the model (kept under --work; its own KL gate is off, the bench
+    measures KL itself)."""
+    folder = work / f"{Path(model).name.replace(':', '-')}-{target}"
     if not (folder / "manifest.json").is_file():
-        command = [sys.executable, "-m", "phi3_edge.cli", "export", "--model", str(checkpoint), "--target", target,
+        command = [sys.executable, "-m", "phi3_edge.cli", "export", "--model", model, "--target", target,
                    "--output", str(folder), "--force", "--no-fidelity", "--quiet"]
         subprocess.run(command, check=True)
     return folder
@@ -92,18 +97,26 @@ def prepare(args: argparse.Namespace) -> tuple[list[Row], Path]:
     """Every row to measure, and the fp32 reference folder."""
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "llamacpp.log"
-    checkpoint = args.checkpoint or write_fidelity_checkpoint(args.work, args.layers)
-    ours = {"cpu-int4": export_ours(checkpoint, "cpu-int4", args.work)}
+    if args.model and not args.gguf:
+        raise SystemExit("error: --model needs --gguf (the file llama.cpp quantizes from)")
+    model = args.model or str(args.checkpoint or write_fidelity_checkpoint(args.work, args.layers))
+    ours = {"cpu-int4": export_ours(model, "cpu-int4", args.work)}
     for item in args.artifact:
         label, _, folder = item.partition("=")
         ours[label] = Path(folder)
-    reference = export_ours(checkpoint, "cpu-fp32", args.work)
+    reference = export_ours(model, "cpu-fp32", args.work)
     llama = llamacpp.find_or_build(args.llamacpp_dir, args.work, log)
-    bf16 = llamacpp.convert(llama, checkpoint, args.work / f"{checkpoint.name}-BF16.gguf", log)
+    if args.gguf:  # already quantized: its own row (KL only) and requantized copies
+        source, source_label = args.gguf, "source " + args.gguf.stem.rsplit(".", 1)[-1]
+    else:
+        checkpoint = Path(model)
+        source = llamacpp.convert(llama, checkpoint, args.work / f"{checkpoint.name}-BF16.gguf", log)
+        source_label = "BF16"
     backends = OUR_BACKENDS[:1] if args.no_genai else OUR_BACKENDS
     rows = [Row(f"phi3-edge {backend}", label, folder) for label, folder in ours.items() for backend in backends]
-    rows += [Row("llama.cpp", kind, llamacpp.quantize(llama, bf16, kind, log, args.threads)) for kind in args.quant]
-    rows.append(Row("llama.cpp", "BF16", bf16, timed=False))
+    rows += [Row("llama.cpp", kind, llamacpp.quantize(llama, source, kind, log, args.threads, args.work))
+             for kind in args.quant]
+    rows.append(Row("llama.cpp", source_label, source, timed=False))
     args.llama = llama
     return rows, reference
 
