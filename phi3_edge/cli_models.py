@@ -73,7 +73,8 @@ def _sampling_warnings(generation: dict[str, Any]) -> None:
     ignored = [flag for flag, unset in (("--top-k", generation["top_k"] == 0), ("--top-p", generation["top_p"] == 1.0),
                                         ("--seed", generation["seed"] is None)) if not unset]
     if ignored:
-        warn(f"{', '.join(ignored)} only apply when sampling (--temperature > 0); greedy decoding ignores them")
+        verb = "applies" if len(ignored) == 1 else "apply"
+        warn(f"{', '.join(ignored)} only {verb} when sampling (--temperature > 0); greedy decoding ignores them")
 
 
 def _open(model: str, target: str | None, allow_cpu: bool, no_verify: bool, backend: str) -> Any:

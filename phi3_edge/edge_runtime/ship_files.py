@@ -41,7 +41,7 @@ _COMMON = (
     (GENAI_CONFIG_FILE, "runtime config: shapes, eos ids", True),
     (TOKENIZER_FILE, "tokenizer", True),
     (TOKENIZER_CONFIG_FILE, "chat template, special tokens", True),
-    (MANIFEST_FILE, "phi3-edge load/verify only (leave out with onnxruntime-genai)", False),
+    (MANIFEST_FILE, "phi3-edge load/verify only; onnxruntime-genai apps leave it out", False),
 )
 _GRAPH = {
     ORT_VARIANT: ((ORT_FILE, "decoder graph + weights, ORT format", True),
