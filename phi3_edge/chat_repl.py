@@ -101,6 +101,7 @@ class ChatOptions:
     drop_oldest: bool = True  # False: a conversation that outgrows the context is refused, not trimmed
     prompt: str = ">>> "
     banner: str | None = None  # printed to the notice stream before the first prompt
+    terminal: bool = False  # a person at a terminal: Ctrl-D ends the prompt line before the shell's comes back
 
 
 class ChatRepl:
@@ -141,6 +142,8 @@ class ChatRepl:
                 continue
             interrupted = False
             if line is None:
+                if self.options.terminal:
+                    self._say("")
                 return 0
             if not self.handle(line):
                 return 0

@@ -154,7 +154,7 @@ def _chat(model: str, system: str | None, truncate: bool, backend: str, target: 
     chat_model = EdgeChatModel(loaded, api.conversation(loaded, **generation), **generation)
     banner = (f"{model} on {loaded.provider}, {chat_model.context_length}-token context. "
               "/help for commands, Ctrl-C stops a reply, Ctrl-D or /bye quits.") if interactive else None
-    options = ChatOptions(system=system, drop_oldest=truncate, banner=banner)
+    options = ChatOptions(system=system, drop_oldest=truncate, banner=banner, terminal=interactive)
     ChatRepl(chat_model, reader, sys.stdout, sys.stderr, options).run()
 
 
