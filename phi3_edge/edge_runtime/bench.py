@@ -28,7 +28,7 @@ import numpy as np
 from phi3_edge.edge_runtime.census import read_graph_info
 from phi3_edge.edge_runtime.model import EdgeModel
 from phi3_edge.edge_runtime.threads import physical_cores
-from phi3_edge.errors import Phi3EdgeError
+from phi3_edge.errors import ArtifactError, Phi3EdgeError
 
 WEIGHTS_FILE_SUFFIX = ".data"
 RSS_POLL_S = 0.005
@@ -145,12 +145,21 @@ def run_bench(folder: str | Path, prompt_len: int = 128, gen_len: int = 128, bac
     ttft, decode_s = min(run[0] for run in runs), min(run[1] for run in runs)
     bandwidth = measure_bandwidth(bandwidth_mb, threads=intra_op_threads or physical_cores() or 1)
     weights = weight_bytes(folder, model.config.model_file)
-    streamed = weights - read_graph_info(folder / model.config.model_file).lookup_only_bytes
+    streamed = weights - _lookup_only_bytes(folder / model.config.model_file)
     decode_tps = (gen_len - 1) / decode_s
     roofline = bandwidth / weights
     return BenchReport(backend, prompt_len, gen_len, ttft, prompt_len / ttft, decode_tps, rss.peak_bytes / MB,
                        bandwidth / 1e9, weights, roofline, decode_tps / roofline, streamed,
                        decode_tps * streamed / bandwidth, model.provider)
+
+
+def _lookup_only_bytes(model_path: Path) -> int:
+    """Bytes only a Gather reads (census.py); 0 for an ORT-format graph (`--mobile-files ort`), a flatbuffer
+    the protobuf census cannot read: its streamed ratio then equals the plain one."""
+    try:
+        return read_graph_info(model_path).lookup_only_bytes
+    except ArtifactError:
+        return 0
 
 
 def _timed(model: EdgeModel, prompt: list[int], new_tokens: int, lookup: int = 0) -> tuple[float, float]:

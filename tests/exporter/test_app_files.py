@@ -36,6 +36,8 @@ def test_ort_only_drops_the_onnx_pair_and_still_runs(full: Path, tmp_path: Path)
     expected = api.load(full).generate("def fibonacci(n):", 12)
     assert api.load(folder).generate("def fibonacci(n):", 12).token_ids == expected.token_ids
     assert api.load(folder, backend="genai").generate("def fibonacci(n):", 12).token_ids == expected.token_ids
+    report = api.bench(api.BenchRequest(folder, prompt_len=4, gen_len=2, bandwidth_mb=1))  # no census: still runs
+    assert report.decode_tps > 0 and report.streamed_weight_bytes == report.weight_bytes
     [ship] = api.ship_lists(folder)
     assert ship.variant == "ort"
     info = api.inspect(folder)  # no protobuf to census: the I/O comes from the manifest
