@@ -110,3 +110,12 @@ def test_stream_takes_the_whole_history_each_turn(tiny_artifact) -> None:
         assert (stream.result.reused_tokens > 0) == (turn > 0)
         history.append({"role": "assistant", "content": text})
     assert chat.messages == []
+
+
+def test_lookup_inside_a_conversation(tiny_artifact) -> None:
+    """Both use the same pass: lookup's rolled-back drafts past the valid length must not leak into the next turn."""
+    model = load(tiny_artifact("gqa"))
+    plain = Conversation(model, max_new_tokens=NEW_TOKENS)
+    fast = Conversation(model, max_new_tokens=NEW_TOKENS, lookup=4)
+    for question in QUESTIONS:
+        assert fast.say(question).token_ids == plain.say(question).token_ids
