@@ -165,7 +165,7 @@ CASES: list = [
     ("positions 10^9", set_config(max_position_embeddings=10**9), "larger than any Phi-3 model"),
     ("eps NaN", set_config(rms_norm_eps=float("nan")), "rms_norm_eps must be a positive finite number"),
     ("tie flag a string", set_config(tie_word_embeddings="false"), "tie_word_embeddings must be true or false"),
-    ("model_type llama", set_config(model_type="llama"), "model_type 'llama' is not supported"),
+    ("model_type gemma", set_config(model_type="gemma"), "model_type 'gemma' is not supported"),  # llama is accepted
     ("model_type missing", edit_config(lambda c: c.pop("model_type")), "model_type None is not supported"),
     ("safetensors empty", write(WEIGHTS, b""), "truncated safetensors file (no header)"),
     ("safetensors truncated body", truncate_body, "truncated: tensor"),
