@@ -78,7 +78,8 @@ class GenaiPass:
         self._generator.append_tokens(input_ids)
         self._length = total_length
         logits = self._generator.get_logits()  # (B, 1, V): og keeps only the last position's
-        return logits.reshape(-1, logits.shape[-1])[-1]
+        last: np.ndarray = logits.reshape(-1, logits.shape[-1])[-1]  # (B, 1, V) -> (B, V) -> (V,)
+        return last
 
     def reset(self) -> None:
         self._generator.rewind_to(0)
