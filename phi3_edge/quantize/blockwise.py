@@ -151,17 +151,28 @@ def _hqq_zero(blocks: np.ndarray, inv_scale: np.ndarray, zero: np.ndarray, qmax:
     """
     inv = inv_scale[..., None]  # (N, n_blocks, 1)
     scaled = blocks * inv  # weights in code units: the error ranks blocks alike there (one scale per block)
+    # The shrinkage threshold lives in weight units: shrink(e / inv) * inv = sign(e) max(|e| - c |e|^(p-1), 0)
+    # with c = inv^(2-p) / beta per block, so every step stays in code units (no full-size / and *). Measured on
+    # a 1536x1536 N(0,1) tensor: the same error (0.075590 vs 0.075591 RMS), 3.7 s vs 4.2 s (best of 3, loaded
+    # 2-core host). 10 iterations instead of 20 would halve it again for +0.1 % error (0.07564 vs 0.07555).
+    lift = np.power(inv, 2 - p).astype(np.float32)  # (N, n_blocks, 1)
     best_zero, best_err = zero, np.full(zero.shape, np.inf, dtype=np.float32)
     for step in range(iters + 1):
         q = _round_clip(scaled + zero[..., None], qmax)
-        error = scaled - (q - zero[..., None])  # (N, n_blocks, block), code units
-        err = np.abs(error).mean(axis=-1)
+        q -= zero[..., None]
+        error = np.subtract(scaled, q, out=q)  # (N, n_blocks, block), code units
+        magnitude = np.abs(error)
+        err = magnitude.mean(axis=-1)
         improved = err < best_err
         best_zero, best_err = np.where(improved, zero, best_zero), np.where(improved, err, best_err)
         if step == iters:
             break
-        residual = _shrink_lp(error / inv, beta, p)  # the shrinkage threshold lives in weight units
-        zero = np.mean(q - scaled + residual * inv, axis=-1)
+        threshold = np.exp((p - 1) * np.log(magnitude + 1e-8 * inv)) * (lift / beta)  # c |e|^(p-1)
+        np.subtract(magnitude, threshold, out=magnitude)
+        np.maximum(magnitude, 0.0, out=magnitude)
+        residual = np.copysign(magnitude, error)
+        # new zero = mean(q - scaled + residual), with q - scaled = -error
+        zero = zero + np.mean(residual - error, axis=-1)
         beta *= kappa
     return best_zero
 
