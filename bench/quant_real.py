@@ -172,8 +172,9 @@ class Bench:
         """Weight bytes for a body (bits, zero kind) and a tied table (bits, zero kind) or None for fp32."""
         lin, tab = self.params()
         s = self.spec
-        out = quantized_bytes(lin, s.hidden_size, body[0], 32, body[1])  # K differs for down; blocks ~equal
-        out += lin // s.num_layers // 7 * 0  # norms: 2 x hidden per layer, below rounding
+        # One block count per 32 weights whatever K (576 and 1536 are multiples of 32); norms (2 x hidden per
+        # layer) are below the rounding of these figures.
+        out = quantized_bytes(lin, s.hidden_size, body[0], 32, body[1])
         return out + (tab * 4 if table is None else quantized_bytes(tab, s.hidden_size, table[0], 32, table[1]))
 
 
