@@ -57,6 +57,9 @@ _DML = {"fused_rotary": False, "packed_qkv": False, "allow_if_node": False}
 #   AWQ + RTN + int4 / int8 table                   +19.1 / +27.4 %, +11.7 / +18.2 %   KL 0.219, 0.141
 #   HQQ (float zero points) + int4 table             +5.9 % /  +7.6 %   97.3 MB: re-finds the Q4_1 grid exactly,
 #                                                    an artifact of this source; float zero points leave ORT's fast path
+#   AWQ + GPTQ + int8 table                         +13.6 % / +18.3 %   KL 0.148   (no gain over AWQ + RTN here)
+#   HQQ (float zero points) + int8 table             +0.1 % /  +0.1 %   KL 0.0004  111.5 MB (Q4_1 grid re-found)
+#   onnxruntime MatMulNBitsQuantizer RTN / HQQ      +30.4 / +35.5 %, +10.4 / +9.9 %   (int4 head, fp32 Gather)
 #   cpu-int8 (RTN int8 + int8 table)                 +0.2 % /  +0.2 %   KL 0.0014  151.3 MB   (goal < 1 %: met)
 #   llama.cpp Q4_0 / Q4_K_M / Q8_0 (own F32 base)   +22.1 / +29.1 %, +6.7 / +7.2 %, -0.0 / -0.6 %
 #                                                    at 91.7 / 105.5 / 144.8 MB
