@@ -254,7 +254,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     from rich.table import Table
 
     base = next((r for r in rows if r["label"] == "Q4_0" and "decode_tps" in r), None)
-    title = (f"{args.checkpoint or f'Phi-3-mini shapes, {args.layers} layers'}; {args.threads} threads, prompt "
+    model = args.model or args.checkpoint or f"Phi-3-mini shapes, {args.layers} layers"
+    title = (f"{model}; {args.threads} threads, prompt "
              f"{args.prompt_len}, generate {args.gen_len}; best of {args.passes} passes x {args.repeats} runs")
     table = Table("runtime", "weights", "MB", "KL vs fp32", "top-1", "TTFT ms", "decode tok/s", "mean decode",
                   "decode vs Q4_0", "TTFT vs Q4_0", title=title)
