@@ -57,8 +57,11 @@ def test_an_artifact_against_itself_is_exact(gqa_artifacts):
 
 def test_int4_differs_from_fp32(gqa_artifacts):
     report = compare_artifacts(gqa_artifacts["int4"], gqa_artifacts["fp32"])
-    assert 0 < report.kl < 5  # 4-bit noise on a 64-wide model: clearly non-zero, far from random
-    assert 0 < report.top1 < 1
+    # Measured on this fixture (seeded): KL 0.311, top-1 38.0%. int4 RTN on a 64-wide model with 2 blocks per
+    # row is that lossy; the bounds are half and double the measurement, so a broken quantizer (KL ~ln V = 6.2
+    # for noise, 0 for a no-op) or a broken comparison fails, and kernel-level changes pass.
+    assert 0.15 < report.kl < 0.62
+    assert 0.19 < report.top1 < 0.76
 
 
 def test_kl_is_mean_kl_of_reference_to_artifact(gqa_artifacts):
