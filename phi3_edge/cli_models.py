@@ -8,6 +8,7 @@ Only phi3_edge.api is called; the chat loop itself is phi3_edge.chat_repl (no cl
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -60,10 +61,29 @@ def model_options(command: Any) -> Any:
         click.option("--allow-cpu", is_flag=True,
                      help="Run a CUDA/DirectML artifact on the CPU when its provider is missing (slow)."),
         click.option("--no-verify", is_flag=True, help="Skip checking the files against manifest.json's hashes."),
+        click.option("--allow-unsafe-config", is_flag=True,
+                     help="Admit genai_config.json options that load code or write files (custom ops libraries, "
+                          "profiling); refused by default: an artifact is untrusted input."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+@dataclass(frozen=True)
+class LoadChoice:
+    """How MODEL is opened: model_options' flags plus the backend, gathered once from click's keywords."""
+
+    backend: str
+    target: str | None
+    allow_cpu: bool
+    no_verify: bool
+    allow_unsafe_config: bool
+
+    @classmethod
+    def take(cls, options: dict[str, Any]) -> LoadChoice:
+        """Pop this class's fields out of click's keywords; what remains are the generation options."""
+        return cls(**{name: options.pop(name) for name in cls.__dataclass_fields__})
 
 
 def _sampling_warnings(generation: dict[str, Any]) -> None:
@@ -77,11 +97,12 @@ def _sampling_warnings(generation: dict[str, Any]) -> None:
         warn(f"{', '.join(ignored)} only {verb} when sampling (--temperature > 0); greedy decoding ignores them")
 
 
-def _open(model: str, target: str | None, allow_cpu: bool, no_verify: bool, backend: str) -> Any:
-    resolved = api.resolve_model(model, target=target)
-    if target is not None and resolved.key is None:
+def _open(model: str, choice: LoadChoice) -> Any:
+    resolved = api.resolve_model(model, target=choice.target)
+    if choice.target is not None and resolved.key is None:
         raise click.UsageError(f"--target applies to a model name; {model} is already an artifact folder")
-    loaded = api.load(resolved.folder, backend=backend, verify=not no_verify, allow_cpu=allow_cpu)
+    loaded = api.load(resolved.folder, backend=choice.backend, verify=not choice.no_verify, allow_cpu=choice.allow_cpu,
+                      allow_unsafe_config=choice.allow_unsafe_config)
     notice = loaded.provider_notice
     if notice:
         click.echo(notice, err=True)
@@ -103,17 +124,17 @@ def _read_stdin() -> str:
 @click.option("--chat", "as_chat", is_flag=True, help="Send PROMPT as a user message through the chat template.")
 @click.option("--system", help="System message (needs --chat).")
 @model_options
-def run(model: str, prompt: str | None, as_chat: bool, system: str | None, backend: str, target: str | None,
-        allow_cpu: bool, no_verify: bool, **generation: Any) -> None:
+def run(model: str, prompt: str | None, as_chat: bool, system: str | None, **generation: Any) -> None:
     """Complete PROMPT with MODEL, streaming to stdout. PROMPT `-` (or none, on a pipe) reads it from stdin;
     no PROMPT on a terminal starts a chat."""
+    choice = LoadChoice.take(generation)
     _sampling_warnings(generation)
     if prompt is None and sys.stdin.isatty():  # `run MODEL` on a terminal: a chat, as Ollama does
-        _chat(model, system, True, backend, target, allow_cpu, no_verify, generation)
+        _chat(model, system, True, choice, generation)
         return
     if system is not None and not as_chat:
         raise click.UsageError("--system needs --chat (a plain completion has no system message)")
-    loaded = _open(model, target, allow_cpu, no_verify, backend)
+    loaded = _open(model, choice)
     text = _read_stdin() if prompt is None or prompt == STDIN_PROMPT else prompt
     request: Any = text
     if as_chat:
@@ -137,17 +158,16 @@ def run(model: str, prompt: str | None, as_chat: bool, system: str | None, backe
                    "refuse the message.")
 @generation_options
 @model_options
-def chat(model: str, system: str | None, truncate: bool, backend: str, target: str | None, allow_cpu: bool,
-         no_verify: bool, **generation: Any) -> None:
+def chat(model: str, system: str | None, truncate: bool, **generation: Any) -> None:
     """Chat with MODEL: one message per line (stdin or a terminal); /help lists the commands, /bye or end of
     input ends it; Ctrl-C stops a reply."""
+    choice = LoadChoice.take(generation)
     _sampling_warnings(generation)
-    _chat(model, system, truncate, backend, target, allow_cpu, no_verify, generation)
+    _chat(model, system, truncate, choice, generation)
 
 
-def _chat(model: str, system: str | None, truncate: bool, backend: str, target: str | None, allow_cpu: bool,
-          no_verify: bool, generation: dict[str, Any]) -> None:
-    loaded = _open(model, target, allow_cpu, no_verify, backend)
+def _chat(model: str, system: str | None, truncate: bool, choice: LoadChoice, generation: dict[str, Any]) -> None:
+    loaded = _open(model, choice)
     interactive = sys.stdin.isatty()
     reader = TerminalReader() if interactive else StreamReader(sys.stdin.buffer)
     # The KV cache outlives each reply: a turn prefills only what follows the tokens it already holds.

@@ -178,3 +178,18 @@ def test_a_node_of_an_unknown_domain_is_one_line(artifact: Path) -> None:
     with pytest.raises(ArtifactError) as caught:
         load(artifact, verify=False)
     assert "onnxruntime cannot load it" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_cli_refuses_a_code_loading_option_unless_allowed(artifact: Path) -> None:
+    """`run` names the problem in one line; `--allow-unsafe-config` is the explicit way through (ort backend)."""
+    from click.testing import CliRunner
+
+    from phi3_edge.cli import main
+
+    edit_genai(artifact, lambda c: c["model"]["decoder"]["session_options"].update({"enable_profiling": "/tmp/p_"}))
+    refused = CliRunner().invoke(main, ["run", str(artifact), "hello", "--max-new-tokens", "2"])
+    assert refused.exit_code == 1 and "loads code or writes files" in refused.output
+    allowed = CliRunner().invoke(main, ["run", str(artifact), "hello", "--max-new-tokens", "2",
+                                        "--allow-unsafe-config"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "2 tokens" in allowed.output
