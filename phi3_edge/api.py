@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from phi3_edge.edge_runtime.conversation import Conversation
     from phi3_edge.edge_runtime.ship_files import ShipList
     from phi3_edge.evaluate import FidelityReport
+    from phi3_edge.exporter.pipeline import Calibrate
     from phi3_edge.integrity import Report
     from phi3_edge.model_cache import CacheEntry, ExportRecipe, ResolvedModel
     from phi3_edge.recipes import BuildReport
@@ -42,6 +43,7 @@ class ExportOptions(TypedDict, total=False):
     require_tokenizer: bool
     progress: bool | None
     quant_algo: str
+    calibration: str | Path | None  # quant_algo="gptq": the user's UTF-8 calibration text (None: built-in)
     mixed_precision: bool
     lm_head: str | None
     embeddings: str | None
@@ -65,6 +67,8 @@ def export_request(model: str, target: str = REFERENCE_TARGET, output: str | Pat
         valid = ", ".join(sorted(own | set(_QUANT_KEYWORDS)))
         raise Phi3EdgeError(f"unknown export option {unknown[0]!r}; valid: {valid}")
     given: dict[str, Any] = dict(options)
+    if given.get("calibration") is not None:
+        given["calibration"] = Path(given["calibration"])
     quant = QuantOptions(**{_QUANT_KEYWORDS[k]: given.pop(k) for k in list(given) if k in _QUANT_KEYWORDS})
     return ExportRequest(model, target, None if output is None else Path(output), quant=quant, **given)
 
@@ -98,7 +102,22 @@ def run_export(request: ExportRequest, *, on_stage: Callable[[str], None] | None
     def measure(candidate: Path, checkpoint: Path) -> dict[str, Any]:
         return _measure_fidelity(request, candidate, checkpoint)
 
-    return export_artifact(request, get_target(request.target), measure, on_stage)
+    return export_artifact(request, get_target(request.target), measure, on_stage, _calibrator(request))
+
+
+def _calibrator(request: ExportRequest) -> Calibrate | None:
+    """GPTQ's calibration pass (reference/export_calibration.py), its text read and checked now; None for the
+    algorithms that need none, and a one-line error for a --calibration they would ignore."""
+    from phi3_edge.quantize.recipe import CALIBRATED_ALGOS
+
+    if request.quant.algo not in CALIBRATED_ALGOS:
+        if request.calibration is not None:
+            raise Phi3EdgeError(f"--calibration applies to --quant-algo {' or '.join(CALIBRATED_ALGOS)}, "
+                                f"not {request.quant.algo}", request.calibration)
+        return None
+    from phi3_edge.reference.export_calibration import calibrator
+
+    return calibrator(request.calibration, request.progress)
 
 
 def _measure_fidelity(request: ExportRequest, candidate: Path, checkpoint: Path) -> dict[str, Any]:
@@ -336,6 +355,7 @@ def export_warnings(request: ExportRequest) -> list[str]:
         what = f"{target.name} has {target.weight_format} weights and nothing else is quantized"
         ignored += [f"{flag} changes nothing: {what}" for flag, given in (
             (f"--quant-algo {quant.algo}", quant.algo != QuantOptions.algo),
+            ("--calibration", request.calibration is not None),
             ("--max-kl", request.max_kl is not None), ("--no-fidelity", not request.fidelity)) if given]
     return ignored
 

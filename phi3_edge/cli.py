@@ -109,8 +109,11 @@ class _ExportCommand(click.Command):
 @click.option("--output", "-o", type=click.Path(), required=True, help="Artifact folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
 @click.option("--no-tokenizer", is_flag=True, help="Export even when the checkpoint has no tokenizer.json.")
-@click.option("--quant-algo", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
-              help="int4/int8 rounding: rtn (round to nearest) or hqq (error-minimizing zero points, 4-bit).")
+@click.option("--quant-algo", type=click.Choice(["rtn", "hqq", "gptq"]), default="rtn", show_default=True,
+              help="int4/int8 rounding: rtn (round to nearest), hqq (error-minimizing zero points, 4-bit) or "
+                   "gptq (calibrated on text, error fed back through each Linear's Hessian; symmetric).")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="--quant-algo gptq: calibrate on this UTF-8 text (default: the built-in prose/code/chat set).")
 @click.option("--mixed-precision", is_flag=True,
               help="int4 targets: int8 MLP down projections in the layers where int4 hurts most "
                    "(first/last eighth, every third between; llama.cpp's Q4_K_M choice).")
@@ -164,7 +167,8 @@ def export_request(options: dict[str, Any], *, quiet: bool = False) -> api.Expor
                              force=options["force"], require_tokenizer=not options["no_tokenizer"],
                              progress=False if quiet else None, quant=quant, max_kl=options["max_kl"],
                              fidelity=not options["no_fidelity"], layout=options.get("layout"),
-                             command=command_line(), mobile_files=options["mobile_files"])
+                             command=command_line(), mobile_files=options["mobile_files"],
+                             calibration=None if options.get("calibration") is None else Path(options["calibration"]))
 
 
 def command_line() -> str | None:

@@ -1,10 +1,10 @@
 """One export, start to finish: request -> checked options -> staged folder -> graph, companions, gate, manifest.
 
-    ExportRequest ─► decide_recipe ─► staged_artifact(output) ─┬─► export_graph (model.onnx + .data)
-                                                               ├─► tokenizer files, genai_config.json
-                                                               ├─► accuracy gate (vs the streamed reference)
-                                                               ├─► Optimum layout (request.layout)
-                                                               └─► manifest.json (hashes everything else) ─► rename
+    ExportRequest ─► decide_recipe ─► [gptq: calibrate] ─► staged_artifact(output) ─┬─► export_graph (+ blocks)
+                                                                                    ├─► tokenizer, genai_config
+                                                                                    ├─► accuracy gate
+                                                                                    ├─► Optimum layout
+                                                                                    └─► manifest.json ─► rename
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from phi3_edge.exporter.progress import export_progress
 from phi3_edge.exporter.request import ExportRequest, ExportResult
 from phi3_edge.graph_features import read_graph_features
 from phi3_edge.manifest import build_manifest, source_record, write_manifest
-from phi3_edge.quantize.recipe import QuantRecipe, check_options, decide_recipe
+from phi3_edge.quantize.calibrated import CalibratedBlocks
+from phi3_edge.quantize.recipe import CALIBRATED_ALGOS, QuantRecipe, check_options, decide_recipe
 from phi3_edge.runtime_compat import MANIFEST_KEY as MIN_RUNTIME_KEY
 from phi3_edge.runtime_compat import UnknownFeature, min_runtime
 from phi3_edge.targets.table import REFERENCE_TARGET, Target
@@ -41,10 +42,13 @@ from phi3_edge.targets.table import REFERENCE_TARGET, Target
 # (candidate folder, checkpoint folder) -> manifest.json's "fidelity" record; raises when the gate fails.
 MeasureFidelity = Callable[[Path, Path], dict[str, Any]]
 Gate = Callable[[Path], dict[str, Any]]
+# The calibration pass of a GPTQ recipe, injected the same way (it streams the reference forward):
+# (spec, checkpoint, recipe) -> (the blocks by tensor name, manifest.json's "calibration" record).
+Calibrate = Callable[[Phi3Spec, Checkpoint, QuantRecipe], tuple[CalibratedBlocks, dict[str, Any]]]
 
 
 def export_artifact(request: ExportRequest, target: Target, measure: MeasureFidelity,
-                    on_stage: StageCallback | None = None) -> ExportResult:
+                    on_stage: StageCallback | None = None, calibrate: Calibrate | None = None) -> ExportResult:
     """Bad options fail before the checkpoint is fetched, the recipe before any weight is read.
 
     on_stage hears each point of exporter/artifact.py's STAGES as the export passes it (tests kill it there)."""
@@ -58,17 +62,29 @@ def export_artifact(request: ExportRequest, target: Target, measure: MeasureFide
     spec = load_spec(checkpoint.config_path)
     recipe = decide_recipe(target, request.quant, model_shape(spec))
     gate = _accuracy_gate(checkpoint, recipe.quantized, request, measure)
+    calibrated, calibration = _calibrate(spec, checkpoint, recipe, calibrate)  # before anything is staged
     total_bytes = sum(path.stat().st_size for path in checkpoint.weight_files)
     # The checkpoint folder is protected: `--model X -o X --force` must never delete the user's weights.
     with staged_artifact(output, force=request.force, on_stage=on_stage, protected=(checkpoint.root,)) as folder:
         with export_progress(total_bytes, spec.num_layers, request.progress) as hooks:
             stats = export_graph(spec, target, checkpoint.weight_files, folder, recipe=recipe,
-                                 on_tensor=hooks.on_tensor, on_layer=hooks.on_layer, on_stage=on_stage)
+                                 calibrated=calibrated, on_tensor=hooks.on_tensor, on_layer=hooks.on_layer,
+                                 on_stage=on_stage)
         # Inside staged_artifact: a failed accuracy gate deletes the staging folder, nothing reaches `output`.
-        measured = _write_companions(folder, checkpoint, spec, target, stats, recipe, gate, request)
+        measured = _write_companions(folder, checkpoint, spec, target, stats, recipe, gate, request, calibration)
     size = sum(path.stat().st_size for path in output.iterdir() if path.is_file())
     return ExportResult(output, target.name, size, stats.nodes, time.perf_counter() - started, stats.fused_rotary,
                         measured, stats.ort_format)
+
+
+def _calibrate(spec: Phi3Spec, checkpoint: Checkpoint, recipe: QuantRecipe,
+               calibrate: Calibrate | None) -> tuple[CalibratedBlocks | None, dict[str, Any] | None]:
+    """The calibrated blocks a GPTQ body needs (None, None for the other algorithms)."""
+    if recipe.body is None or recipe.body.algo not in CALIBRATED_ALGOS:
+        return None, None
+    if calibrate is None:
+        raise Phi3EdgeError(f"--quant-algo {recipe.body.algo} needs a calibration pass; export through phi3_edge.api")
+    return calibrate(spec, checkpoint, recipe)
 
 
 def _accuracy_gate(checkpoint: Checkpoint, quantized: bool, request: ExportRequest,
@@ -97,7 +113,8 @@ def _accuracy_gate(checkpoint: Checkpoint, quantized: bool, request: ExportReque
 
 
 def _write_companions(folder: Path, checkpoint: Checkpoint, spec: Phi3Spec, target: Target, stats: GraphStats,
-                      recipe: QuantRecipe, gate: Gate | None, request: ExportRequest) -> dict[str, Any] | None:
+                      recipe: QuantRecipe, gate: Gate | None, request: ExportRequest,
+                      calibration: dict[str, Any] | None) -> dict[str, Any] | None:
     """Tokenizer files, genai_config.json, the accuracy gate (it runs the folder as it stands then), the Optimum
     layout when asked for and, last, manifest.json (it hashes everything else). Returns the fidelity record (None:
     not measured)."""
@@ -118,7 +135,7 @@ def _write_companions(folder: Path, checkpoint: Checkpoint, spec: Phi3Spec, targ
     record = {"weights": target.weight_format, "io_dtype": target.io_dtype, "fused_rotary": stats.fused_rotary,
               "graph_nodes": stats.nodes, "bits": target.bits, "block_size": target.block_size,
               "accuracy_level": target.accuracy_level, "quant_algo": recipe.name, **stats.heads,
-              "quantization": recipe.to_json(), "ort_format": stats.ort_format,
+              "quantization": recipe.to_json(), "calibration": calibration, "ort_format": stats.ort_format,
               "mobile_files": request.mobile_files}
     rope_switch = spec.longrope.original_max_position_embeddings if spec.longrope else None
     manifest = build_manifest(source=source, spec_json=spec.to_json(), target=asdict(target), recipe=record,

@@ -21,6 +21,7 @@ class ExportRequest:
     require_tokenizer: bool = True
     progress: bool | None = None  # None: a progress display when stderr is a terminal
     quant: QuantOptions = field(default_factory=QuantOptions)
+    calibration: Path | None = None  # --quant-algo gptq: the user's UTF-8 text (None: the built-in set)
     max_kl: float | None = None  # the accuracy gate: fail (writing nothing) above this KL to the reference
     fidelity: bool = True  # measure a quantized export against the reference (False: recorded as null)
     layout: str | None = None  # "optimum": also config.json, generation_config.json, onnx/model*.onnx (LAYOUTS)

@@ -12,7 +12,7 @@ importing only the target table and errors.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.quantize.blockwise import check_bits_and_block
@@ -20,9 +20,10 @@ from phi3_edge.quantize.mixed import down_proj_name, uses_more_bits
 from phi3_edge.targets.table import Target
 
 ALGOS = ("rtn", "hqq")
-# Algorithms whose blocks are computed before the export from calibration data (quantize/calibrated.py): a
-# LinearRecipe may name them; options cannot ask for them until api runs the calibration pass for an export.
+# Algorithms whose blocks are computed before the export from calibration data (quantize/calibrated.py): api
+# runs the calibration pass (reference/export_calibration.py) and hands the blocks to the exporter.
 CALIBRATED_ALGOS = ("gptq",)
+OPTION_ALGOS = ALGOS + CALIBRATED_ALGOS  # what --quant-algo accepts
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 (MatMulNBits' accuracy_level attribute)
 HQQ_BITS = (2, 4)  # HQQ needs float zero points, which ORT 1.32's CPU kernel rejects with 8-bit weights
 LM_HEAD_CHOICES = ("float", "int8", "int4")
@@ -58,7 +59,7 @@ def check_linear_recipe(recipe: LinearRecipe) -> None:
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
     if recipe.algo not in ALGOS + CALIBRATED_ALGOS:
-        raise RecipeError(f"unknown quantization algorithm {recipe.algo!r}; expected one of {', '.join(ALGOS)}")
+        raise RecipeError(f"unknown quantization algorithm {recipe.algo!r}; expected one of {', '.join(OPTION_ALGOS)}")
     if recipe.algo == "gptq" and not recipe.symmetric:
         raise RecipeError("GPTQ here is symmetric (no zero-point input: no extra bytes, the fast kernel path)")
     if recipe.algo == "hqq" and recipe.symmetric:
@@ -141,15 +142,16 @@ def decide_recipe(target: Target, options: QuantOptions, model: ModelShape) -> Q
 
 
 def _body(target: Target, options: QuantOptions) -> LinearRecipe | None:
-    if options.algo not in ALGOS:
-        raise RecipeError(f"unknown quantization algorithm {options.algo!r}; valid: {', '.join(ALGOS)}")
+    if options.algo not in OPTION_ALGOS:
+        raise RecipeError(f"unknown quantization algorithm {options.algo!r}; valid: {', '.join(OPTION_ALGOS)}")
     if target.bits is None:
         return None
     if target.block_size is None:
         raise RecipeError(f"target {target.name}: a {target.bits}-bit format needs a block_size")
-    # HQQ tunes zero points, so it writes them even for a target whose RTN recipe is symmetric.
-    return LinearRecipe(target.bits, target.block_size, target.accuracy_level or 0,
-                        target.symmetric and options.algo == "rtn", options.algo)
+    # HQQ tunes zero points, so it writes them even for a target whose RTN recipe is symmetric; GPTQ is always
+    # symmetric (its error feedback absorbs the lost zero point; no extra bytes, the fast kernel path).
+    symmetric = options.algo == "gptq" or (target.symmetric and options.algo == "rtn")
+    return LinearRecipe(target.bits, target.block_size, target.accuracy_level or 0, symmetric, options.algo)
 
 
 def _mixed_overrides(target: Target, options: QuantOptions, model: ModelShape,
@@ -164,6 +166,9 @@ def _mixed_overrides(target: Target, options: QuantOptions, model: ModelShape,
 
 def _lm_head(target: Target, options: QuantOptions, body: LinearRecipe | None) -> LinearRecipe | None:
     choice = options.lm_head
+    if choice is None and body is not None and body.algo in CALIBRATED_ALGOS:
+        # The calibration pass covers the decoder layers only: lm_head keeps the body's format, RTN-rounded.
+        return replace(body, algo="rtn", symmetric=target.symmetric)
     if choice is None:
         return body
     if choice not in LM_HEAD_CHOICES:

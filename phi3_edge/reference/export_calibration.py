@@ -1,0 +1,90 @@
+"""The calibration pass of a `--quant-algo gptq` export: text -> token windows -> GPTQ blocks, before the graph.
+
+    calibration text (built-in | --calibration FILE) ─► checkpoint's tokenizer.json ─► windows (calibrate.py)
+        ─► gptq_calibrate over the streamed reference, one layer at a time ─► CalibratedBlocks ─► export_graph
+
+api injects `calibrator(request)` into the export pipeline (the exporter never imports this layer); the text
+is read and checked when the calibrator is made, before the checkpoint is fetched, so a bad file fails in one
+line with nothing written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from tokenizers import Tokenizer
+
+from phi3_edge.exporter.checkpoint import Checkpoint
+from phi3_edge.exporter.config import Phi3Spec
+from phi3_edge.quantize.calibrated import CalibratedBlocks
+from phi3_edge.quantize.recipe import QuantRecipe
+from phi3_edge.reference import calibrate as cal
+from phi3_edge.reference.checkpoint_side import CheckpointSide
+
+BUILTIN = "built-in"  # manifest.json's calibration "source" for the package's own text
+
+Calibrator = Callable[[Phi3Spec, Checkpoint, QuantRecipe], tuple[CalibratedBlocks, dict[str, Any]]]
+
+
+def calibrator(path: Path | None, progress: bool | None) -> Calibrator:
+    """Reads and checks the text now (CalibrationError: one line naming the file); calibrates when called."""
+    text = cal.calibration_text(path)
+    source: dict[str, Any] = {"source": BUILTIN} if path is None else {
+        "source": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+    def run(spec: Phi3Spec, checkpoint: Checkpoint, recipe: QuantRecipe) -> tuple[CalibratedBlocks, dict[str, Any]]:
+        assert recipe.body is not None  # the pipeline calls this for a calibrated body only
+        sequences = cal.sequences_of(_tokenizer(checkpoint)(text), _window(spec))
+        if not sequences:
+            raise cal.CalibrationError(f"{path or BUILTIN}: the calibration text is under 16 tokens")
+        blocks = CalibratedBlocks(recipe.body.algo)
+
+        def plan(name: str) -> tuple[int, int] | None:
+            chosen = recipe.for_tensor(name)
+            return None if chosen is None or chosen.algo != blocks.algo else (chosen.bits, chosen.block_size)
+
+        with CheckpointSide(spec, checkpoint.weight_files) as side, _progress(progress, spec.num_layers) as step:
+            cal.gptq_calibrate(side, sequences, plan, blocks.add, on_layer=step)
+        return blocks, {**source, "algo": blocks.algo, "tokens": sum(len(s) for s in sequences)}
+
+    return run
+
+
+def _window(spec: Phi3Spec) -> int:
+    """Calibration window length: within the rotary tables (and LongRoPE's short factors, as most prompts are)."""
+    limits = [cal.SEQUENCE, spec.max_position_embeddings]
+    if spec.longrope is not None:
+        limits.append(spec.longrope.original_max_position_embeddings)
+    return min(limits)
+
+
+def _tokenizer(checkpoint: Checkpoint) -> Callable[[str], list[int]]:
+    found = [path for path in checkpoint.tokenizer_files if path.name == "tokenizer.json"]
+    if not found:
+        raise cal.CalibrationError(f"{checkpoint.root}: calibration tokenizes its text with the checkpoint's "
+                                   "tokenizer.json, which it lacks")
+    tokenizer = Tokenizer.from_file(str(found[0]))
+    return lambda text: list(tokenizer.encode(text).ids)
+
+
+@contextmanager
+def _progress(enabled: bool | None, layers: int) -> Iterator[Callable[[int], None] | None]:
+    """A bar on a terminal (or when asked), a line per layer otherwise, nothing when progress is False."""
+    console = Console(stderr=True)
+    if enabled is False:
+        yield None
+    elif enabled or console.is_terminal:
+        columns = (TextColumn("[bold]GPTQ calibration"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("gptq", total=layers)
+            yield lambda layer: bar.update(task, completed=layer + 1)
+    else:
+        yield lambda layer: print(f"GPTQ calibration: layer {layer + 1}/{layers}", file=sys.stderr, flush=True)
