@@ -88,6 +88,8 @@ def test_api_export_gptq_builtin_text(tiny_checkpoint, tmp_path) -> None:
     assert recipe["quant_algo"] == "gptq"
     assert recipe["quantization"]["body"]["algo"] == "gptq" and recipe["quantization"]["body"]["symmetric"]
     assert recipe["calibration"]["source"] == "built-in" and recipe["calibration"]["tokens"] > 0
+    heads = [recipe["quantization"][key] for key in ("lm_head", "embeddings")]
+    assert heads[0] is not None and all(r["algo"] == "rtn" for r in heads if r)  # calibration covers the layers only
     initializers = [t.name for t in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.initializer]
     assert not any(name.endswith("zero_points") for name in initializers)  # symmetric: no extra bytes
 
