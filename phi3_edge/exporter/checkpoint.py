@@ -120,16 +120,13 @@ def _gguf_source(model: str) -> Path | None:
 def open_gguf_checkpoint(path: Path, *, source: str, require_tokenizer: bool = True) -> Checkpoint:
     """Validate a GGUF file (readable, supported architecture, spec) and write its tokenizer files."""
     from phi3_edge.exporter.config import spec_from_dict
-    from phi3_edge.exporter.gguf.reader import GgufFile
+    from phi3_edge.exporter.gguf.reader import open_gguf
     from phi3_edge.exporter.gguf.spec import gguf_config
 
     path = Path(path).resolve()
-    file = GgufFile(path)
-    try:
-        spec_from_dict(gguf_config(file), path)  # every metadata problem surfaces here, before any output
-        tokenizer = _gguf_tokenizer(file, require_tokenizer)
-    finally:
-        file.close()
+    file = open_gguf(path)  # shared with the spec and the weight store (parsed once); the store closes it
+    spec_from_dict(gguf_config(file), path)  # every metadata problem surfaces here, before any output
+    tokenizer = _gguf_tokenizer(file, require_tokenizer)
     return Checkpoint(root=path, source=source, config_path=path, weight_files=(path,), index_path=None,
                       tokenizer_files=tokenizer, revision=None)
 

@@ -10,6 +10,7 @@ Every failure is one CheckpointError naming the file: not a GGUF, truncated, uns
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,26 @@ class GgufTensor:
     data: np.ndarray  # (rows, row_bytes) uint8 for quantized types, (rows, cols) float otherwise; a memmap view
 
 
+def open_gguf(path: Path) -> GgufFile:
+    """The parsed file, shared by the checkpoint check, the spec and the weight store of one export.
+
+    gguf's reader builds Python objects for every metadata entry: a 49k-token vocabulary takes ~6 s to parse,
+    and an export opens the file three times. The cache key includes size, mtime and inode, so a file replaced
+    on disk is parsed again."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    file = _open_cached(*key)
+    if file.closed:  # the weight store of an earlier export closed its mmap: parse again
+        _open_cached.cache_clear()
+        file = _open_cached(*key)
+    return file
+
+
+@lru_cache(maxsize=2)
+def _open_cached(path: str, size: int, mtime_ns: int, inode: int) -> GgufFile:
+    return GgufFile(Path(path))
+
+
 class GgufFile:
     def __init__(self, path: Path) -> None:
         import gguf
@@ -48,6 +69,7 @@ class GgufFile:
             raise CheckpointError(f"cannot read this GGUF file ({_one_line(exc)}): truncated or corrupt; "
                                   "download it again", self.path) from None
         self.tensors = {t.name: t for t in (self._tensor(raw) for raw in self._reader.tensors)}
+        self.closed = False
 
     def _tensor(self, raw: Any) -> GgufTensor:
         type_name = raw.tensor_type.name
@@ -88,6 +110,7 @@ class GgufFile:
         return self.rows(tensor, slice(0, 1)).reshape(-1) if len(tensor.shape) == 1 else self.rows(tensor, slice(None))
 
     def close(self) -> None:
+        self.closed = True
         mapped = getattr(self._reader, "data", None)
         mmap_obj = getattr(mapped, "_mmap", None)
         if mmap_obj is not None:

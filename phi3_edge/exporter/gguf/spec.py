@@ -18,7 +18,7 @@ from typing import Any
 
 from phi3_edge.errors import CheckpointError
 from phi3_edge.exporter.config import Phi3Spec, spec_from_dict
-from phi3_edge.exporter.gguf.reader import GgufFile
+from phi3_edge.exporter.gguf.reader import GgufFile, open_gguf
 from phi3_edge.exporter.gguf.store import architecture
 
 # What the Phi-3 graph has no place for: refused by name rather than silently ignored.
@@ -26,11 +26,7 @@ _REFUSED_ROPE_SCALING = ("linear", "yarn", "llama3")
 
 
 def gguf_spec(path: Path) -> Phi3Spec:
-    file = GgufFile(path)
-    try:
-        return spec_from_dict(gguf_config(file), path)
-    finally:
-        file.close()
+    return spec_from_dict(gguf_config(open_gguf(path)), path)  # the parsed file is shared (see open_gguf)
 
 
 def gguf_config(file: GgufFile) -> dict[str, Any]:

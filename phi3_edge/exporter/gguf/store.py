@@ -13,7 +13,7 @@ import numpy as np
 
 from phi3_edge.errors import CheckpointError
 from phi3_edge.exporter.gguf.names import SPEC_TENSORS, hf_name, permuted_heads, unpermuted_rows
-from phi3_edge.exporter.gguf.reader import GgufFile, GgufTensor
+from phi3_edge.exporter.gguf.reader import GgufFile, GgufTensor, open_gguf
 from phi3_edge.exporter.weights import TensorInfo
 
 ARCHITECTURES = ("llama", "phi3")
@@ -21,7 +21,7 @@ ARCHITECTURES = ("llama", "phi3")
 
 class GgufTensors:
     def __init__(self, path: Path) -> None:
-        self.file = GgufFile(path)
+        self.file = open_gguf(path)
         self.arch = architecture(self.file)
         heads = int(self.file.field(f"{self.arch}.attention.head_count", 0) or 0)
         kv_heads = int(self.file.field(f"{self.arch}.attention.head_count_kv", heads) or heads)
