@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,12 @@ def render(source: str) -> str:
 
 def test_a_billion_step_loop_does_not_hang(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chat_module, "RENDER_SECONDS", 0.5)
-    started = time.perf_counter()
-    with pytest.raises(Phi3EdgeError, match="did not finish within") as caught:
+    with pytest.raises(Phi3EdgeError, match="did not finish within 0.5 s") as caught:
         render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x")
-    assert time.perf_counter() - started < 5
     assert "\n" not in str(caught.value)
+    # The deadline is not only the caller giving up: the runaway render itself was stopped, so no thread is
+    # left burning a core (a behaviour check instead of a wall-clock bound, which the house keeps out of tests).
+    assert not [t for t in threading.enumerate() if t.name == "chat-template" and t.is_alive()]
 
 
 def test_output_size_is_bounded() -> None:
