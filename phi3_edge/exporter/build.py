@@ -17,9 +17,11 @@ from phi3_edge.exporter.decoder import DecoderPlan, build_decoder
 from phi3_edge.exporter.graph import GraphBuilder
 from phi3_edge.exporter.heads import make_heads
 from phi3_edge.exporter.ort_format import write_ort_format
+from phi3_edge.exporter.scaled_store import ScaledStore
 from phi3_edge.exporter.tensor_writer import TensorWriter
 from phi3_edge.exporter.weight_source import WeightSource
 from phi3_edge.exporter.weights import WeightStore
+from phi3_edge.quantize.awq import AwqScales
 from phi3_edge.quantize.calibrated import CalibratedBlocks
 from phi3_edge.quantize.recipe import ModelShape, QuantOptions, QuantRecipe, decide_recipe
 from phi3_edge.targets.table import Target
@@ -47,16 +49,18 @@ def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...],
                  on_tensor: Callable[[str, int], None] | None = None,
                  on_layer: Callable[[int], None] | None = None,
                  on_stage: Callable[[str], None] | None = None,
-                 calibrated: CalibratedBlocks | None = None) -> GraphStats:
+                 calibrated: CalibratedBlocks | None = None, scales: AwqScales | None = None) -> GraphStats:
     """`recipe` defaults to the target's own (decide_recipe with default options); on_stage hears
-    "headers" and "weights" (see exporter/artifact.py's STAGES); `calibrated`: GPTQ blocks by tensor name."""
+    "headers" and "weights" (see exporter/artifact.py's STAGES); `calibrated`: GPTQ blocks by tensor name;
+    `scales`: AWQ's per-channel scales, folded into the weights as they are read (exporter/scaled_store.py)."""
     if recipe is None:
         recipe = decide_recipe(target, QuantOptions(), model_shape(spec))
     started = time.perf_counter()
     plan = DecoderPlan(io_dtype=target.io_dtype, fused_rotary=target.fused_rotary, packed_qkv=target.packed_qkv,
                        allow_if_node=target.allow_if_node)
     float_dtype = WEIGHT_DTYPES.get(target.weight_format, target.io_dtype)
-    with WeightStore(weight_files, on_stage) as store, TensorWriter(folder / DATA_FILE, on_stage) as writer:
+    opened = WeightStore(weight_files, on_stage) if scales is None else ScaledStore(weight_files, scales, on_stage)
+    with opened as store, TensorWriter(folder / DATA_FILE, on_stage) as writer:
         source = WeightSource(store, writer, float_dtype=float_dtype, on_tensor=on_tensor)
         g = GraphBuilder("phi3_decoder")
         heads = make_heads(g, spec, source, recipe)

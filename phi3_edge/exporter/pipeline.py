@@ -1,6 +1,6 @@
 """One export, start to finish: request -> checked options -> staged folder -> graph, companions, gate, manifest.
 
-    ExportRequest ─► decide_recipe ─► [gptq: calibrate] ─► staged_artifact(output) ─┬─► export_graph (+ blocks)
+    ExportRequest ─► decide_recipe ─► [gptq/awq: calibrate] ─► staged_artifact(output) ─┬─► export_graph (+ blocks)
                                                                                     ├─► tokenizer, genai_config
                                                                                     ├─► accuracy gate
                                                                                     ├─► Optimum layout
@@ -32,7 +32,7 @@ from phi3_edge.exporter.progress import export_progress
 from phi3_edge.exporter.request import ExportRequest, ExportResult
 from phi3_edge.graph_features import read_graph_features
 from phi3_edge.manifest import build_manifest, source_record, write_manifest
-from phi3_edge.quantize.calibrated import CalibratedBlocks
+from phi3_edge.quantize.calibration import Calibration, uncalibrated
 from phi3_edge.quantize.recipe import CALIBRATED_ALGOS, QuantRecipe, check_options, decide_recipe
 from phi3_edge.runtime_compat import MANIFEST_KEY as MIN_RUNTIME_KEY
 from phi3_edge.runtime_compat import UnknownFeature, min_runtime
@@ -42,9 +42,9 @@ from phi3_edge.targets.table import REFERENCE_TARGET, Target
 # (candidate folder, checkpoint folder) -> manifest.json's "fidelity" record; raises when the gate fails.
 MeasureFidelity = Callable[[Path, Path], dict[str, Any]]
 Gate = Callable[[Path], dict[str, Any]]
-# The calibration pass of a GPTQ recipe, injected the same way (it streams the reference forward):
-# (spec, checkpoint, recipe) -> (the blocks by tensor name, manifest.json's "calibration" record).
-Calibrate = Callable[[Phi3Spec, Checkpoint, QuantRecipe], tuple[CalibratedBlocks, dict[str, Any]]]
+# The calibration pass of a calibrated recipe (GPTQ, AWQ), injected the same way (it streams the reference
+# forward): (spec, checkpoint, recipe) -> Calibration (the recipe as applied, GPTQ blocks / AWQ scales, record).
+Calibrate = Callable[[Phi3Spec, Checkpoint, QuantRecipe], Calibration]
 
 
 def export_artifact(request: ExportRequest, target: Target, measure: MeasureFidelity,
@@ -62,26 +62,29 @@ def export_artifact(request: ExportRequest, target: Target, measure: MeasureFide
     spec = load_spec(checkpoint.config_path)
     recipe = decide_recipe(target, request.quant, model_shape(spec))
     gate = _accuracy_gate(checkpoint, recipe.quantized, request, measure)
-    calibrated, calibration = _calibrate(spec, checkpoint, recipe, calibrate)  # before anything is staged
+    calibration = _calibrate(spec, checkpoint, recipe, calibrate)  # before anything is staged
+    recipe = calibration.recipe  # as applied: a calibration pass may change it
     total_bytes = sum(path.stat().st_size for path in checkpoint.weight_files)
     # The checkpoint folder is protected: `--model X -o X --force` must never delete the user's weights.
     with staged_artifact(output, force=request.force, on_stage=on_stage, protected=(checkpoint.root,)) as folder:
         with export_progress(total_bytes, spec.num_layers, request.progress) as hooks:
             stats = export_graph(spec, target, checkpoint.weight_files, folder, recipe=recipe,
-                                 calibrated=calibrated, on_tensor=hooks.on_tensor, on_layer=hooks.on_layer,
+                                 calibrated=calibration.blocks, scales=calibration.scales,
+                                 on_tensor=hooks.on_tensor, on_layer=hooks.on_layer,
                                  on_stage=on_stage)
         # Inside staged_artifact: a failed accuracy gate deletes the staging folder, nothing reaches `output`.
-        measured = _write_companions(folder, checkpoint, spec, target, stats, recipe, gate, request, calibration)
+        measured = _write_companions(folder, checkpoint, spec, target, stats, recipe, gate, request,
+                                     calibration.record)
     size = sum(path.stat().st_size for path in output.iterdir() if path.is_file())
     return ExportResult(output, target.name, size, stats.nodes, time.perf_counter() - started, stats.fused_rotary,
                         measured, stats.ort_format)
 
 
 def _calibrate(spec: Phi3Spec, checkpoint: Checkpoint, recipe: QuantRecipe,
-               calibrate: Calibrate | None) -> tuple[CalibratedBlocks | None, dict[str, Any] | None]:
-    """The calibrated blocks a GPTQ body needs (None, None for the other algorithms)."""
+               calibrate: Calibrate | None) -> Calibration:
+    """The calibration pass a GPTQ or AWQ body needs (the recipe alone for the other algorithms)."""
     if recipe.body is None or recipe.body.algo not in CALIBRATED_ALGOS:
-        return None, None
+        return uncalibrated(recipe)
     if calibrate is None:
         raise Phi3EdgeError(f"--quant-algo {recipe.body.algo} needs a calibration pass; export through phi3_edge.api")
     return calibrate(spec, checkpoint, recipe)

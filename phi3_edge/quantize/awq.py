@@ -17,6 +17,7 @@ leaves their symmetric block codes unchanged: that fold costs no accuracy.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,3 +56,65 @@ def search_scales(x: np.ndarray, weights: Sequence[np.ndarray], abs_mean: np.nda
             best = (error, alpha, s)
     assert best is not None
     return best[2], best[1], best[0] / base if base else 1.0
+
+
+@dataclass(frozen=True)
+class Fold:
+    """What one checkpoint tensor becomes on read: W[r, c] * multiply_columns[c] / divide_rows[r - row_start].
+
+    A 1-D tensor (an RMSNorm gain) has only "rows": g[c] / divide_rows[c]."""
+
+    multiply_columns: np.ndarray | None = None  # (K,)
+    divide_rows: np.ndarray | None = None  # (R,) for rows [row_start, row_start + R)
+    row_start: int = 0
+
+    def apply(self, rows: np.ndarray, first: int, columns: tuple[int, int] | None = None) -> np.ndarray:
+        """`rows` = tensor rows [first, first + len) (optionally only columns [a, b)), folded, as a new array."""
+        out = rows.astype(np.float32, copy=True)
+        if self.divide_rows is not None:
+            lo = max(first, self.row_start)
+            hi = min(first + len(out), self.row_start + len(self.divide_rows))
+            if lo < hi:
+                divisor = self.divide_rows[lo - self.row_start:hi - self.row_start]  # (hi - lo,)
+                out[lo - first:hi - first] /= divisor.reshape((-1,) + (1,) * (out.ndim - 1))
+        if self.multiply_columns is not None:
+            a, b = columns or (0, out.shape[1])
+            out *= self.multiply_columns[a:b]  # broadcast over rows: (R, b - a)
+        return out
+
+
+@dataclass(frozen=True)
+class AwqScales:
+    """AWQ's per-input-channel scales of each layer, by the (packed, Phi-3) checkpoint name of the Linear whose
+    input they scale: qkv_proj and gate_up_proj (H,), down_proj (I,). Tiny: a few vectors per layer.
+
+    `folds()` turns them into the weight transformation of the module docstring (norm / s, columns * s, the up
+    rows of gate_up / s_down); the exported graph is then the unscaled graph, computing the same function."""
+
+    scales: dict[str, np.ndarray]
+    alphas: dict[str, float] = field(default_factory=dict)  # the Linear searched -> chosen alpha
+    gains: dict[str, float] = field(default_factory=dict)  # -> output error / unscaled (RTN) error
+
+    def folds(self) -> dict[str, Fold]:
+        """Checkpoint tensor name -> its fold (tensors not named here are read as they are)."""
+        columns: dict[str, np.ndarray] = dict(self.scales)
+        rows: dict[str, tuple[int, np.ndarray]] = {}
+        for name, s in self.scales.items():
+            prefix, _, stem = name.rpartition(".self_attn.") if ".self_attn." in name else name.rpartition(".mlp.")
+            if stem == "qkv_proj.weight":
+                rows[f"{prefix}.input_layernorm.weight"] = (0, s)
+            elif stem == "gate_up_proj.weight":
+                rows[f"{prefix}.post_attention_layernorm.weight"] = (0, s)
+            elif stem == "down_proj.weight":
+                rows[f"{prefix}.mlp.gate_up_proj.weight"] = (len(s), s)  # the up rows: the second half
+            else:
+                raise ValueError(f"{name}: AWQ scales fold into qkv_proj, gate_up_proj or down_proj only")
+        out = {}
+        for name in sorted(set(columns) | set(rows)):
+            start, divisor = rows.get(name, (0, None))
+            out[name] = Fold(columns.get(name), divisor, start)
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        """manifest.json's summary: the alphas chosen and the error ratio each reached (vectors omitted)."""
+        return {"alphas": dict(self.alphas), "error_ratio": {k: round(v, 4) for k, v in self.gains.items()}}

@@ -24,13 +24,14 @@ from tokenizers import Tokenizer
 from phi3_edge.exporter.checkpoint import Checkpoint
 from phi3_edge.exporter.config import Phi3Spec
 from phi3_edge.quantize.calibrated import CalibratedBlocks
+from phi3_edge.quantize.calibration import Calibration
 from phi3_edge.quantize.recipe import QuantRecipe
 from phi3_edge.reference import calibrate as cal
 from phi3_edge.reference.checkpoint_side import CheckpointSide
 
 BUILTIN = "built-in"  # manifest.json's calibration "source" for the package's own text
 
-Calibrator = Callable[[Phi3Spec, Checkpoint, QuantRecipe], tuple[CalibratedBlocks, dict[str, Any]]]
+Calibrator = Callable[[Phi3Spec, Checkpoint, QuantRecipe], Calibration]
 
 
 def calibrator(path: Path | None, progress: bool | None) -> Calibrator:
@@ -39,7 +40,7 @@ def calibrator(path: Path | None, progress: bool | None) -> Calibrator:
     source: dict[str, Any] = {"source": BUILTIN} if path is None else {
         "source": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
-    def run(spec: Phi3Spec, checkpoint: Checkpoint, recipe: QuantRecipe) -> tuple[CalibratedBlocks, dict[str, Any]]:
+    def run(spec: Phi3Spec, checkpoint: Checkpoint, recipe: QuantRecipe) -> Calibration:
         assert recipe.body is not None  # the pipeline calls this for a calibrated body only
         sequences = cal.sequences_of(_tokenizer(checkpoint)(text), _window(spec))
         if not sequences:
@@ -52,7 +53,8 @@ def calibrator(path: Path | None, progress: bool | None) -> Calibrator:
 
         with CheckpointSide(spec, checkpoint.weight_files) as side, _progress(progress, spec.num_layers) as step:
             cal.gptq_calibrate(side, sequences, plan, blocks.add, on_layer=step)
-        return blocks, {**source, "algo": blocks.algo, "tokens": sum(len(s) for s in sequences)}
+        record = {**source, "algo": blocks.algo, "tokens": sum(len(s) for s in sequences)}
+        return Calibration(recipe, blocks=blocks, record=record)
 
     return run
 
