@@ -72,11 +72,13 @@ def profiled_generation(folder: Path, threads: int, prompt_len: int, gen_len: in
     from phi3_edge.edge_runtime import session as session_module
     from phi3_edge.edge_runtime.bench import bench_prompt
     from phi3_edge.edge_runtime.model import EdgeModel
+    from phi3_edge.edge_runtime.threads import DEFAULT_TUNING, SessionTuning
 
     original = session_module.session_options
 
-    def profiling_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
-        options = original(intra_op_threads)
+    def profiling_options(intra_op_threads: int | None = None, tuning: SessionTuning = DEFAULT_TUNING
+                          ) -> ort.SessionOptions:
+        options = original(intra_op_threads, tuning)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path("/tmp") / "phi3-edge-decode-profile")
         return options

@@ -96,11 +96,13 @@ class SharedBufferPass:
             value = ort.OrtValue.ortvalue_from_numpy(buffer)  # wraps the numpy memory, no copy
             self._binding.bind_ortvalue_input(past, value)
             self._binding.bind_ortvalue_output(present, value)
-        self._mask = np.ones((1, max_length), dtype=np.int64)  # sliced per step: [1, total] without allocating
+        self._mask = np.ones((1, max_length), dtype=np.int64)  # bound by pointer per step: [1, total], no copy
         self._vocab = layout.vocab_size
         self._logits_dtype = layout.logits_dtype
-        self._step_logits = np.empty((1, 1, self._vocab), dtype=self._logits_dtype)  # (B, S=1, V), reused
-        self._step_value = ort.OrtValue.ortvalue_from_numpy(self._step_logits)
+        # A decode step's input and output live in buffers bound once (DecodeBuffers): the step writes one id
+        # into a [1, 1] array and rebinds nothing but the mask's length.
+        self._step = DecodeBuffers(self._vocab, self._logits_dtype)
+        self._step_bound = False
         self._keep: list[np.ndarray] = []  # arrays bound for the current run must outlive it
 
     def run(self, input_ids: list[int], total_length: int) -> np.ndarray:
@@ -112,23 +114,32 @@ class SharedBufferPass:
         the new keys/values at positions total_length - len(input_ids) onwards, over whatever was there."""
         if total_length > self._max_length:
             raise Phi3EdgeError(f"sequence of {total_length} tokens exceeds the {self._max_length}-token KV buffer")
-        ids = np.asarray([input_ids], dtype=np.int64)  # (B=1, S)
-        mask = self._mask[:, :total_length]  # (B=1, total), contiguous view
-        self._binding.bind_cpu_input(io_spec.INPUT_IDS, ids)
-        self._binding.bind_cpu_input(io_spec.ATTENTION_MASK, mask)
-        logits = self._logits_for(len(input_ids))
-        self._keep = [ids, mask, logits]
+        logits = self._bind_step(input_ids[0]) if len(input_ids) == 1 else self._bind_prompt(input_ids)
+        # The mask is the first total_length ones of the preallocated row: bound by address, no OrtValue made.
+        self._binding.bind_input(io_spec.ATTENTION_MASK, "cpu", 0, np.int64, [1, total_length],
+                                 self._mask.ctypes.data)  # (B=1, total)
         self._session.run_with_iobinding(self._binding)
         every: np.ndarray = logits[0]  # (B, S, V) -> (S, V)
         return every
 
-    def _logits_for(self, new_tokens: int) -> np.ndarray:
-        """A decode step reuses one [1, 1, V] buffer; a prefill gets its own [1, S, V] (the graph computes all S)."""
-        if new_tokens == 1:
-            self._binding.bind_ortvalue_output(io_spec.LOGITS, self._step_value)
-            return self._step_logits
-        logits = np.empty((1, new_tokens, self._vocab), dtype=self._logits_dtype)  # (B, S, V)
+    def _bind_step(self, token: int) -> np.ndarray:
+        """One new token: its id into the bound [1, 1] buffer; ids and logits are (re)bound only after a prompt."""
+        self._step.ids[0, 0] = token
+        if not self._step_bound:
+            self._binding.bind_ortvalue_input(io_spec.INPUT_IDS, self._step.ids_value)
+            self._binding.bind_ortvalue_output(io_spec.LOGITS, self._step.logits_value)
+            self._step_bound = True
+        return self._step.logits
+
+    def _bind_prompt(self, input_ids: list[int]) -> np.ndarray:
+        """Several tokens (a prefill, a verify pass): fresh [1, S] ids and [1, S, V] logits (the graph computes
+        every position's logits; the callers read the rows they need)."""
+        ids = np.asarray([input_ids], dtype=np.int64)  # (B=1, S)
+        logits = np.empty((1, len(input_ids), self._vocab), dtype=self._logits_dtype)  # (B, S, V)
+        self._binding.bind_ortvalue_input(io_spec.INPUT_IDS, ort.OrtValue.ortvalue_from_numpy(ids))
         self._binding.bind_ortvalue_output(io_spec.LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
+        self._keep = [ids, logits]
+        self._step_bound = False
         return logits
 
     def reset(self) -> None:
@@ -140,3 +151,13 @@ class SharedBufferPass:
     def buffers(self) -> list[np.ndarray]:
         """The KV buffers (past and present alike), key then value per layer; for tests and diagnostics."""
         return self._buffers
+
+
+class DecodeBuffers:
+    """The one-token step's input ids [1, 1] and logits [1, 1, V], each wrapped once in an OrtValue (no copy)."""
+
+    def __init__(self, vocab: int, logits_dtype: type[np.floating[Any]]) -> None:
+        self.ids = np.zeros((1, 1), dtype=np.int64)  # (B=1, S=1)
+        self.logits = np.empty((1, 1, vocab), dtype=logits_dtype)  # (B=1, S=1, V)
+        self.ids_value = ort.OrtValue.ortvalue_from_numpy(self.ids)
+        self.logits_value = ort.OrtValue.ortvalue_from_numpy(self.logits)

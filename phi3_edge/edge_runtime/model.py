@@ -23,6 +23,7 @@ from phi3_edge.edge_runtime.providers import ProviderChoice, choose_providers, c
 from phi3_edge.edge_runtime.runtime_check import check_runtime
 from phi3_edge.edge_runtime.session import DecoderSession
 from phi3_edge.edge_runtime.stopping import StopStrings
+from phi3_edge.edge_runtime.threads import DEFAULT_TUNING, SessionTuning
 from phi3_edge.edge_runtime.tokenizer import EdgeTokenizer
 from phi3_edge.errors import ArtifactError, Phi3EdgeError
 from phi3_edge.integrity import check_before_load
@@ -45,7 +46,7 @@ class EdgeModel:
     @classmethod
     def load(cls, folder: str | Path, *, intra_op_threads: int | None = None, backend: str = "ort",
              kv_cache: str = "auto", verify: bool = True, allow_unsafe_config: bool = False,
-             allow_cpu: bool = False) -> EdgeModel:
+             allow_cpu: bool = False, tuning: SessionTuning = DEFAULT_TUNING) -> EdgeModel:
         """Open an artifact folder.
 
         backend "ort" runs our onnxruntime loop (intra_op_threads defaults to the physical cores we may run
@@ -54,6 +55,7 @@ class EdgeModel:
         manifest.json (full hashes the first time, then a size/mtime stamp): a damaged folder is refused.
         An artifact built for a provider this onnxruntime lacks (CUDA, DirectML) is refused unless allow_cpu,
         which runs it on the CPU; `provider` then says so, and `provider_notice` is the line to show.
+        tuning: the ort backend's session options beside the thread count (threads.SessionTuning).
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -73,7 +75,7 @@ class EdgeModel:
             guard.confirm()  # nothing it read changed after the check
             return cls(folder, genai, tokenizer, choice)
         engine = DecoderSession(folder, config, intra_op_threads=intra_op_threads, kv_cache=kv_cache,
-                                providers=choice.providers)
+                                providers=choice.providers, tuning=tuning)
         guard.confirm()
         return cls(folder, engine, tokenizer, choice)
 

@@ -23,7 +23,7 @@ from phi3_edge.edge_runtime.census import read_graph_info
 from phi3_edge.edge_runtime.decoder_config import DecoderConfig
 from phi3_edge.edge_runtime.kv_pass import CacheLayout, ConcatPass, ForwardPass, KVCache, SharedBufferPass
 from phi3_edge.edge_runtime.providers import CPU_PROVIDER
-from phi3_edge.edge_runtime.threads import session_options
+from phi3_edge.edge_runtime.threads import DEFAULT_TUNING, SessionTuning, session_options
 from phi3_edge.errors import ArtifactError, Phi3EdgeError
 
 KV_CACHE_MODES = ("auto", "shared", "concat")
@@ -41,13 +41,14 @@ class DecoderSession:
     backend = "ort"
 
     def __init__(self, folder: Path, config: DecoderConfig, *, intra_op_threads: int | None = None,
-                 kv_cache: str = "auto", providers: tuple[str, ...] = (CPU_PROVIDER,)) -> None:
+                 kv_cache: str = "auto", providers: tuple[str, ...] = (CPU_PROVIDER,),
+                 tuning: SessionTuning = DEFAULT_TUNING) -> None:
         model_path = Path(folder) / config.model_file
         if not model_path.is_file():
             raise ArtifactError(f"not found (the decoder graph {GENAI_CONFIG_FILE} names)", model_path)
         if kv_cache not in KV_CACHE_MODES:
             raise Phi3EdgeError(f"unknown kv_cache mode {kv_cache!r}; valid: {', '.join(KV_CACHE_MODES)}")
-        self._session = _open(model_path, intra_op_threads, providers)
+        self._session = _open(model_path, session_options(intra_op_threads, tuning), providers)
         self.config = config
         layers = range(config.num_layers)
         past = tuple(name for i in layers for name in (io_spec.past_key(i), io_spec.past_value(i)))
@@ -104,11 +105,10 @@ class DecoderSession:
         return ORT_FLOAT_TYPES[kv_type]
 
 
-def _open(model_path: Path, intra_op_threads: int | None, providers: tuple[str, ...]) -> ort.InferenceSession:
+def _open(model_path: Path, options: ort.SessionOptions, providers: tuple[str, ...]) -> ort.InferenceSession:
     """providers: what providers.choose_providers picked for this artifact on this machine."""
     try:
-        return ort.InferenceSession(str(model_path), sess_options=session_options(intra_op_threads),
-                                    providers=list(providers))
+        return ort.InferenceSession(str(model_path), sess_options=options, providers=list(providers))
     except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidGraph, ...) for a bad file
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtifactError(f"onnxruntime cannot load it: {first_line}", model_path) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
@@ -28,9 +29,64 @@ def physical_cores() -> int:
     return len(cores)
 
 
-def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
-    """Full graph optimisation; intra_op_threads defaults to physical_cores()."""
+OPTIMIZATION_LEVELS = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class SessionTuning:
+    """The session options a decode step's speed depends on, beside the thread count.
+
+    The defaults are the measured choice (bench/session_ab.py, mini-8l cpu-int4, 2 threads, ratios of decode
+    ms/token against these defaults in one interleaved run; see the figures beside each field). Other values
+    exist for that bench and for a deployment that measures its own machine.
+    """
+
+    spinning: bool = True  # idle pool threads spin before sleeping: a decode step is ~500 short kernels
+    spin_duration_us: int | None = None  # None: ORT's own spin count
+    dynamic_block_base: int = 0  # 0: ORT's static split of a parallel loop; > 0: dynamic blocks of that base
+    pin_threads: bool = False  # pin the pool's threads to one logical CPU each (session.intra_op_thread_affinities)
+    cpu_arena: bool = True
+    mem_pattern: bool = True
+    optimization: str = "all"  # OPTIMIZATION_LEVELS key
+    extra: tuple[tuple[str, str], ...] = ()  # more session config entries, verbatim (bench experiments)
+
+
+DEFAULT_TUNING = SessionTuning()
+
+
+def session_options(intra_op_threads: int | None = None, tuning: SessionTuning = DEFAULT_TUNING) -> ort.SessionOptions:
+    """intra_op_threads defaults to physical_cores(); `tuning` carries everything else."""
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = physical_cores() if intra_op_threads is None else intra_op_threads
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[tuning.optimization]
+    threads = physical_cores() if intra_op_threads is None else intra_op_threads
+    options.intra_op_num_threads = threads
+    options.enable_cpu_mem_arena = tuning.cpu_arena
+    options.enable_mem_pattern = tuning.mem_pattern
+    entries = {"session.intra_op.allow_spinning": "1" if tuning.spinning else "0"}
+    if tuning.spin_duration_us is not None:
+        entries["session.intra_op.spin_duration_us"] = str(tuning.spin_duration_us)
+    if tuning.dynamic_block_base > 0:
+        entries["session.dynamic_block_base"] = str(tuning.dynamic_block_base)
+    affinities = thread_affinities(threads) if tuning.pin_threads else None
+    if affinities:
+        entries["session.intra_op_thread_affinities"] = affinities
+    entries.update(tuning.extra)
+    for key, value in entries.items():
+        options.add_session_config_entry(key, value)
     return options
+
+
+def thread_affinities(threads: int) -> str | None:
+    """ORT's affinity string for a pool of `threads` (the caller's thread is the first, ORT pins the other
+    threads - 1): one 1-based logical CPU id per pool thread, from our affinity mask, skipping the first CPU
+    (the caller's). None where we may run on fewer CPUs than threads, or the mask is unknown."""
+    if threads < 2 or not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < threads:
+        return None
+    return ";".join(str(cpu + 1) for cpu in cpus[1:threads])

@@ -41,6 +41,27 @@ def test_forward_gives_every_position_and_the_passes_agree(tiny_artifact, kv_cac
         np.testing.assert_allclose(forward.run([ids[position]], position + 1), full[position], atol=ATOL)
 
 
+@pytest.mark.parametrize("kv_cache", ["shared", "concat"])
+def test_steps_after_a_several_token_run_rebind_correctly(tiny_artifact, kv_cache: str) -> None:
+    """prompt, one-token steps, a 3-token verify pass rolled back to 1, steps again: a one-token step reuses
+    buffers bound once, a longer run binds its own, and every row still equals the full forward's."""
+    folder = tiny_artifact("gqa")
+    session = DecoderSession(folder, read_decoder_config(folder), kv_cache=kv_cache)
+    ids = prompt(14)
+    full, _ = session.forward(ids)  # (S, V)
+    forward = session.start(max_length=len(ids))
+    forward.run(ids[:6], 6)
+    first = forward.run([ids[6]], 7)
+    np.testing.assert_allclose(first, full[6], atol=ATOL)
+    verify = forward.run_all(ids[7:10], 10)  # (3, V); the caller accepts only the first of them
+    np.testing.assert_allclose(verify, full[7:10], atol=ATOL)
+    for position in range(8, len(ids)):  # positions 8, 9 are rewritten: the pass dropped them (total = 9)
+        step = forward.run([ids[position]], position + 1)
+        np.testing.assert_allclose(step, full[position], atol=ATOL)
+    if kv_cache == "shared":  # the step's logits row is the same bound buffer every time, no copy
+        assert np.shares_memory(step, forward.run([ids[-1]], len(ids)))
+
+
 def copy_with_manifest(source: Path, target: Path, edit) -> Path:
     shutil.copytree(source, target)
     path = target / MANIFEST_FILE
