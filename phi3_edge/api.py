@@ -43,7 +43,7 @@ class ExportOptions(TypedDict, total=False):
     require_tokenizer: bool
     progress: bool | None
     quant_algo: str
-    calibration: str | Path | None  # quant_algo="gptq": the user's UTF-8 calibration text (None: built-in)
+    calibration: str | Path | None  # quant_algo="gptq"/"awq": the user's UTF-8 calibration text (None: built-in)
     mixed_precision: bool
     lm_head: str | None
     embeddings: str | None
@@ -106,7 +106,7 @@ def run_export(request: ExportRequest, *, on_stage: Callable[[str], None] | None
 
 
 def _calibrator(request: ExportRequest) -> Calibrate | None:
-    """GPTQ's calibration pass (reference/export_calibration.py), its text read and checked now; None for the
+    """GPTQ's or AWQ's calibration pass (reference/export_calibration.py), its text read and checked now; None for the
     algorithms that need none, and a one-line error for a --calibration they would ignore."""
     from phi3_edge.quantize.recipe import CALIBRATED_ALGOS
 

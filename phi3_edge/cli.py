@@ -109,11 +109,13 @@ class _ExportCommand(click.Command):
 @click.option("--output", "-o", type=click.Path(), required=True, help="Artifact folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
 @click.option("--no-tokenizer", is_flag=True, help="Export even when the checkpoint has no tokenizer.json.")
-@click.option("--quant-algo", type=click.Choice(["rtn", "hqq", "gptq"]), default="rtn", show_default=True,
-              help="int4/int8 rounding: rtn (round to nearest), hqq (error-minimizing zero points, 4-bit) or "
-                   "gptq (calibrated on text, error fed back through each Linear's Hessian; symmetric).")
+@click.option("--quant-algo", type=click.Choice(["rtn", "hqq", "gptq", "awq"]), default="rtn", show_default=True,
+              help="int4/int8 rounding: rtn (round to nearest), hqq (error-minimizing zero points, 4-bit), "
+                   "gptq (calibrated on text, error fed back through each Linear's Hessian; symmetric) or "
+                   "awq (calibrated per-channel scales folded into the weights, then rtn; symmetric).")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="--quant-algo gptq: calibrate on this UTF-8 text (default: the built-in prose/code/chat set).")
+              help="--quant-algo gptq/awq: calibrate on this UTF-8 text (default: the built-in prose/code/chat "
+                   "set).")
 @click.option("--mixed-precision", is_flag=True,
               help="int4 targets: int8 MLP down projections in the layers where int4 hurts most "
                    "(first/last eighth, every third between; llama.cpp's Q4_K_M choice).")

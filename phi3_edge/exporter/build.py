@@ -55,6 +55,8 @@ def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...],
     `scales`: AWQ's per-channel scales, folded into the weights as they are read (exporter/scaled_store.py)."""
     if recipe is None:
         recipe = decide_recipe(target, QuantOptions(), model_shape(spec))
+    if scales is None and recipe.body is not None and recipe.body.algo == "awq":  # else plain RTN labelled AWQ
+        raise ValueError("an AWQ recipe needs its scales (the export's calibration pass)")
     started = time.perf_counter()
     plan = DecoderPlan(io_dtype=target.io_dtype, fused_rotary=target.fused_rotary, packed_qkv=target.packed_qkv,
                        allow_if_node=target.allow_if_node)

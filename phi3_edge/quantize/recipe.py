@@ -20,9 +20,11 @@ from phi3_edge.quantize.mixed import down_proj_name, uses_more_bits
 from phi3_edge.targets.table import Target
 
 ALGOS = ("rtn", "hqq")
-# Algorithms whose blocks are computed before the export from calibration data (quantize/calibrated.py): api
-# runs the calibration pass (reference/export_calibration.py) and hands the blocks to the exporter.
-CALIBRATED_ALGOS = ("gptq",)
+# Algorithms that need a calibration pass over text before the export (reference/export_calibration.py, run
+# by api): GPTQ computes the body's blocks there (quantize/calibrated.py), AWQ per-channel scales that the
+# exporter folds into the weights as it reads them, then rounds symmetric RTN (quantize/awq.py).
+CALIBRATED_ALGOS = ("gptq", "awq")
+BLOCK_ALGOS = ("gptq",)  # the calibrated ones whose codes come ready-made (the exporter never rounds them)
 OPTION_ALGOS = ALGOS + CALIBRATED_ALGOS  # what --quant-algo accepts
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 (MatMulNBits' accuracy_level attribute)
 HQQ_BITS = (2, 4)  # HQQ needs float zero points, which ORT 1.32's CPU kernel rejects with 8-bit weights
@@ -60,8 +62,9 @@ def check_linear_recipe(recipe: LinearRecipe) -> None:
         raise RecipeError(str(exc)) from None
     if recipe.algo not in ALGOS + CALIBRATED_ALGOS:
         raise RecipeError(f"unknown quantization algorithm {recipe.algo!r}; expected one of {', '.join(OPTION_ALGOS)}")
-    if recipe.algo == "gptq" and not recipe.symmetric:
-        raise RecipeError("GPTQ here is symmetric (no zero-point input: no extra bytes, the fast kernel path)")
+    if recipe.algo in CALIBRATED_ALGOS and not recipe.symmetric:
+        raise RecipeError(f"{recipe.algo.upper()} here is symmetric (no zero-point input: no extra bytes, the fast "
+                          "kernel path)")
     if recipe.algo == "hqq" and recipe.symmetric:
         raise RecipeError("HQQ optimises zero points: it is asymmetric by construction (symmetric=False)")
     if recipe.algo == "hqq" and recipe.bits not in HQQ_BITS:
@@ -149,8 +152,9 @@ def _body(target: Target, options: QuantOptions) -> LinearRecipe | None:
     if target.block_size is None:
         raise RecipeError(f"target {target.name}: a {target.bits}-bit format needs a block_size")
     # HQQ tunes zero points, so it writes them even for a target whose RTN recipe is symmetric; GPTQ is always
-    # symmetric (its error feedback absorbs the lost zero point; no extra bytes, the fast kernel path).
-    symmetric = options.algo == "gptq" or (target.symmetric and options.algo == "rtn")
+    # symmetric (its error feedback absorbs the lost zero point; no extra bytes, the fast kernel path), and so is
+    # AWQ (its scales protect the channels a zero point would; measured best so in bench/quant_real.py).
+    symmetric = options.algo in CALIBRATED_ALGOS or (target.symmetric and options.algo == "rtn")
     return LinearRecipe(target.bits, target.block_size, target.accuracy_level or 0, symmetric, options.algo)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from phi3_edge.errors import Phi3EdgeError
-from phi3_edge.quantize.awq import Quantizer, search_scales
+from phi3_edge.quantize.awq import AwqScales, Quantizer, search_scales
 from phi3_edge.quantize.blockwise import QuantizedBlocks, dequantize
 from phi3_edge.quantize.gptq import hessian_factor, quantize_gptq
 from phi3_edge.reference import layer_graph as lg
@@ -135,15 +135,26 @@ AWQ_SAMPLES = 512  # input rows per Linear kept for the scale search (tokens x K
 
 @dataclass
 class AwqLayer:
-    """One layer's folded weights: what the exporter (or the streamed reference) reads instead of the checkpoint."""
+    """One layer's AWQ result: its scale vectors and its folded weights (what the stream reads instead)."""
 
-    weights: dict[str, np.ndarray]  # checkpoint name -> transformed fp32 tensor (norms, qkv, gate_up, down)
-    alphas: dict[str, float]  # group (the Linear searched) -> chosen alpha
-    gains: dict[str, float]  # group -> output error / unscaled error on the calibration rows
+    scales: AwqScales  # this layer's three vectors, alphas and error ratios
+    weights: dict[str, np.ndarray]  # checkpoint name -> folded fp32 tensor (norms, qkv, gate_up, down)
+
+    @property
+    def alphas(self) -> dict[str, float]:
+        return self.scales.alphas
+
+    @property
+    def gains(self) -> dict[str, float]:
+        return self.scales.gains
 
 
-def awq_layer(side: CheckpointSide, layer: int, stats: LayerStats, quantize: Quantizer) -> AwqLayer:
-    """AWQ scales for the three foldable groups of one layer (see quantize/awq.py), applied to its weights."""
+PerTensor = Callable[[str], Quantizer]  # checkpoint name -> the quantizer its recipe gives it
+
+
+def awq_layer(side: CheckpointSide, layer: int, stats: LayerStats, quantizer: PerTensor) -> AwqLayer:
+    """AWQ scales for the three foldable groups of one layer (see quantize/awq.py), applied to its weights by
+    the same `AwqScales.folds()` the exporter reads through; each group searched with its tensor's quantizer."""
     store, h = side.store, side.spec.hidden_size
     inter = side.spec.intermediate_size
     qkv, _o, gate_up, down = linear_names(layer)
@@ -155,42 +166,43 @@ def awq_layer(side: CheckpointSide, layer: int, stats: LayerStats, quantize: Qua
         info = store.info(name, (store.rows_of(name), k) if name.endswith("_proj.weight") else (k,))
         return store.read_rows(info, 0, info.shape[0])
 
-    out = AwqLayer({}, {}, {})
-    w_gu = read(gate_up, h)  # (2I, H): gate rows, then up rows
-    w_down = read(down, inter)  # (H, I)
-    for name, norm, w in ((qkv, norm1, read(qkv, h)), (gate_up, norm2, w_gu)):
-        x = np.concatenate(stats.samples[name])
-        s, out.alphas[name], out.gains[name] = search_scales(x, [w], stats.abs_mean[name] / stats.tokens[name],
-                                                             quantize)
-        out.weights[name] = w * s  # (N, K) columns scaled
-        out.weights[norm] = read(norm, h) / s
-    x = np.concatenate(stats.samples[down])
-    s, out.alphas[down], out.gains[down] = search_scales(x, [w_down], stats.abs_mean[down] / stats.tokens[down],
-                                                         quantize)
-    out.weights[down] = w_down * s
-    out.weights[gate_up][inter:] /= s[:, None]  # up rows: (I, H) each row divided by its channel's scale
-    return out
+    weights = {qkv: read(qkv, h), gate_up: read(gate_up, h), down: read(down, inter),
+               norm1: read(norm1, h), norm2: read(norm2, h)}
+    found = AwqScales({})
+    for name in (qkv, gate_up, down):
+        x = np.concatenate(stats.samples[name])  # (T, K) the kept input rows
+        found.scales[name], found.alphas[name], found.gains[name] = search_scales(
+            x, [weights[name]], stats.abs_mean[name] / stats.tokens[name], quantizer(name))
+    folded = {name: fold.apply(weights[name], 0) for name, fold in found.folds().items()}
+    return AwqLayer(found, folded)
 
 
 def awq_calibrate(side: CheckpointSide, sequences: Sequence[Sequence[int]], quantize: Quantizer,
-                  sink: Callable[[int, AwqLayer], None]) -> None:
-    """AWQ layer by layer on the quantized stream; `sink` gets each layer's folded fp32 weights."""
+                  sink: Callable[[int, AwqLayer], None], *, per_tensor: PerTensor | None = None,
+                  on_layer: Callable[[int], None] | None = None) -> None:
+    """AWQ layer by layer on the quantized stream; `sink` gets each layer's scales and folded fp32 weights
+    (only the current layer's are held here). `per_tensor`: each tensor's own quantizer, by name, instead of
+    `quantize` for all (mixed precision's int8 down projections search and stream with the int8 grid)."""
     current: dict[str, np.ndarray] = {}
+    quantizer = per_tensor or (lambda name: quantize)
+
     side.weight_map = lambda name, rows: current.get(name, rows)
     states = [side.embed(ids) for ids in sequences]
     for layer in range(side.num_layers):
         current.clear()
         stats = layer_stats(side, layer, states, hessian=False, keep_samples=AWQ_SAMPLES)
-        folded = awq_layer(side, layer, stats, quantize)
+        folded = awq_layer(side, layer, stats, quantizer)
         sink(layer, folded)
-        names = linear_names(layer)
-        o_name = names[1]
-        current.update({n: (dequantize(quantize(w)) if n.endswith("_proj.weight") else w)
+        o_name = linear_names(layer)[1]
+        current.update({n: (dequantize(quantizer(n)(w)) if n.endswith("_proj.weight") else w)
                         for n, w in folded.weights.items()})
         q_size = side.spec.num_heads * side.spec.head_dim
         o_info = side.store.info(o_name, (side.spec.hidden_size, q_size))
-        current[o_name] = dequantize(quantize(side.store.read_rows(o_info, 0, side.spec.hidden_size)))  # v->o: RTN
+        o_rows = side.store.read_rows(o_info, 0, side.spec.hidden_size)
+        current[o_name] = dequantize(quantizer(o_name)(o_rows))  # v->o is not folded: plain RTN
         states = side.run_layer(layer, states)
+        if on_layer is not None:
+            on_layer(layer)
     side.weight_map = None
 
 

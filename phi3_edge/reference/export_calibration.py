@@ -1,7 +1,8 @@
-"""The calibration pass of a `--quant-algo gptq` export: text -> token windows -> GPTQ blocks, before the graph.
+"""The calibration pass of a `--quant-algo gptq|awq` export: text -> token windows -> Calibration, before the graph.
 
     calibration text (built-in | --calibration FILE) ─► checkpoint's tokenizer.json ─► windows (calibrate.py)
-        ─► gptq_calibrate over the streamed reference, one layer at a time ─► CalibratedBlocks ─► export_graph
+        ─► over the streamed reference, one layer at a time ─┬─ gptq_calibrate ─► CalibratedBlocks ─► export_graph
+                                                              └─ awq_calibrate  ─► AwqScales (folded on read)
 
 api injects `calibrator(request)` into the export pipeline (the exporter never imports this layer); the text
 is read and checked when the calibrator is made, before the checkpoint is fetched, so a bad file fails in one
@@ -23,9 +24,11 @@ from tokenizers import Tokenizer
 
 from phi3_edge.exporter.checkpoint import Checkpoint
 from phi3_edge.exporter.config import Phi3Spec
+from phi3_edge.quantize.awq import AwqScales, Quantizer
+from phi3_edge.quantize.blockwise import quantize_rtn
 from phi3_edge.quantize.calibrated import CalibratedBlocks
 from phi3_edge.quantize.calibration import Calibration
-from phi3_edge.quantize.recipe import QuantRecipe
+from phi3_edge.quantize.recipe import LinearRecipe, QuantRecipe
 from phi3_edge.reference import calibrate as cal
 from phi3_edge.reference.checkpoint_side import CheckpointSide
 
@@ -45,18 +48,53 @@ def calibrator(path: Path | None, progress: bool | None) -> Calibrator:
         sequences = cal.sequences_of(_tokenizer(checkpoint)(text), _window(spec))
         if not sequences:
             raise cal.CalibrationError(f"{path or BUILTIN}: the calibration text is under 16 tokens")
-        blocks = CalibratedBlocks(recipe.body.algo)
-
-        def plan(name: str) -> tuple[int, int] | None:
-            chosen = recipe.for_tensor(name)
-            return None if chosen is None or chosen.algo != blocks.algo else (chosen.bits, chosen.block_size)
-
-        with CheckpointSide(spec, checkpoint.weight_files) as side, _progress(progress, spec.num_layers) as step:
-            cal.gptq_calibrate(side, sequences, plan, blocks.add, on_layer=step)
-        record = {**source, "algo": blocks.algo, "tokens": sum(len(s) for s in sequences)}
-        return Calibration(recipe, blocks=blocks, record=record)
+        algo = recipe.body.algo
+        record = {**source, "algo": algo, "tokens": sum(len(s) for s in sequences)}
+        with CheckpointSide(spec, checkpoint.weight_files) as side, _progress(progress, spec.num_layers,
+                                                                               algo) as step:
+            if algo == "awq":
+                scales = _awq_scales(side, sequences, recipe, step)
+                return Calibration(recipe, scales=scales, record={**record, "awq": scales.to_json()})
+            return Calibration(recipe, blocks=_gptq_blocks(side, sequences, recipe, step), record=record)
 
     return run
+
+
+def _gptq_blocks(side: CheckpointSide, sequences: list[list[int]], recipe: QuantRecipe,
+                 step: Callable[[int], None] | None) -> CalibratedBlocks:
+    """Every body Linear whose recipe is GPTQ, quantized with error feedback (the others are left to the
+    exporter: mixed precision's int8 RTN down projections)."""
+    assert recipe.body is not None
+    blocks = CalibratedBlocks(recipe.body.algo)
+
+    def plan(name: str) -> tuple[int, int] | None:
+        chosen = recipe.for_tensor(name)
+        return None if chosen is None or chosen.algo != blocks.algo else (chosen.bits, chosen.block_size)
+
+    cal.gptq_calibrate(side, sequences, plan, blocks.add, on_layer=step)
+    return blocks
+
+
+def _awq_scales(side: CheckpointSide, sequences: list[list[int]], recipe: QuantRecipe,
+                step: Callable[[int], None] | None) -> AwqScales:
+    """AWQ's scale vectors, layer by layer; each group searched with the rounding its tensor will get in the
+    export (symmetric RTN at the recipe's bits and block: int4 body, int8 mixed-precision down projections).
+    Only the vectors are kept: each layer's folded weights are dropped once the next layer starts."""
+    found = AwqScales({})
+
+    def rtn(chosen: LinearRecipe | None) -> Quantizer:
+        if chosen is None:
+            raise ValueError("an AWQ body has no float Linears")
+        return lambda w: quantize_rtn(w, chosen.bits, chosen.block_size, True)
+
+    def keep(_layer: int, result: cal.AwqLayer) -> None:
+        found.scales.update(result.scales.scales)
+        found.alphas.update(result.scales.alphas)
+        found.gains.update(result.scales.gains)
+
+    cal.awq_calibrate(side, sequences, rtn(recipe.body), keep, per_tensor=lambda name: rtn(recipe.for_tensor(name)),
+                      on_layer=step)
+    return found
 
 
 def _window(spec: Phi3Spec) -> int:
@@ -77,16 +115,17 @@ def _tokenizer(checkpoint: Checkpoint) -> Callable[[str], list[int]]:
 
 
 @contextmanager
-def _progress(enabled: bool | None, layers: int) -> Iterator[Callable[[int], None] | None]:
+def _progress(enabled: bool | None, layers: int, algo: str) -> Iterator[Callable[[int], None] | None]:
     """A bar on a terminal (or when asked), a line per layer otherwise, nothing when progress is False."""
     console = Console(stderr=True)
     if enabled is False:
         yield None
     elif enabled or console.is_terminal:
-        columns = (TextColumn("[bold]GPTQ calibration"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
-                   TimeElapsedColumn())
+        columns = (TextColumn(f"[bold]{algo.upper()} calibration"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("layers"), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("gptq", total=layers)
+            task = bar.add_task(algo, total=layers)
             yield lambda layer: bar.update(task, completed=layer + 1)
     else:
-        yield lambda layer: print(f"GPTQ calibration: layer {layer + 1}/{layers}", file=sys.stderr, flush=True)
+        yield lambda layer: print(f"{algo.upper()} calibration: layer {layer + 1}/{layers}", file=sys.stderr,
+                                  flush=True)

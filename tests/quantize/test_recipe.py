@@ -52,7 +52,7 @@ def test_hqq_on_an_8_bit_target_and_unknown_options_fail_before_any_weight() -> 
     with pytest.raises(RecipeError, match="8 bits"):
         decide_recipe(TARGETS["cpu-int8"], QuantOptions(algo="hqq"), UNTIED)
     with pytest.raises(RecipeError, match="algorithm"):
-        decide_recipe(INT4, QuantOptions(algo="awq"), UNTIED)
+        decide_recipe(INT4, QuantOptions(algo="squeezellm"), UNTIED)
     with pytest.raises(RecipeError, match="block_size"):
         decide_recipe(replace(INT4, block_size=None), QuantOptions(), UNTIED)
     with pytest.raises(RecipeError, match="--lm-head"):

@@ -131,3 +131,30 @@ def test_calibration_without_gptq_is_refused(tiny_checkpoint, tmp_path) -> None:
     with pytest.raises(Phi3EdgeError, match="--calibration applies to --quant-algo gptq"):
         api.export(str(tiny_checkpoint("gqa")), "cpu-int4", tmp_path / "out", calibration=text_file, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_calibration_file_with_awq_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path) -> None:
+    text_file = tmp_path / "calibration.txt"
+    text_file.write_bytes(b"too short")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["export", "-m", str(tiny_checkpoint("gqa")), "-t", "cpu-int4", "-o",
+                                       str(out), "--quiet", "--quant-algo", "awq", "--calibration", str(text_file)])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(text_file) in lines[0], result.output
+    assert "characters" in lines[0]
+    assert not out.exists()
+
+
+def test_cli_export_awq_records_the_calibration_file(tiny_checkpoint, tmp_path) -> None:
+    folder = tiny_checkpoint("gqa")
+    text_file = tmp_path / "mine.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(main, ["export", "-m", str(folder), "-t", "cpu-int4", "-o", str(out), "--quiet",
+                                       "--no-fidelity", "--quant-algo", "awq", "--calibration", str(text_file)])
+    assert result.exit_code == 0, result.output
+    recipe = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["recipe"]
+    assert recipe["quant_algo"] == "awq" and recipe["calibration"]["algo"] == "awq"
+    assert recipe["calibration"]["source"] == "mine.txt"
+    assert recipe["calibration"]["sha256"] == hashlib.sha256(text_file.read_bytes()).hexdigest()

@@ -38,7 +38,7 @@ from phi3_edge.quantize.blockwise import (
     quantize_rtn,
 )
 from phi3_edge.quantize.calibrated import CalibratedBlocks
-from phi3_edge.quantize.recipe import CALIBRATED_ALGOS, LinearRecipe
+from phi3_edge.quantize.recipe import BLOCK_ALGOS, LinearRecipe
 
 
 @dataclass
@@ -93,7 +93,7 @@ class NBitsLinear:
 
     def quantize(self, w: np.ndarray) -> QuantizedBlocks:
         """One (rows, K) float32 chunk, quantized as this layer's recipe says."""
-        if self.algo in CALIBRATED_ALGOS:
+        if self.algo in BLOCK_ALGOS:
             raise ValueError(f"--quant-algo {self.algo} needs its calibrated blocks (the export's calibration pass)")
         if self.algo == "hqq":
             return quantize_hqq(w, self.bits, self.block_size, self.hqq_iters, scale_dtype=self.scale_dtype)
