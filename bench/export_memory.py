@@ -4,6 +4,10 @@ Each export runs in its own subprocess. Peak RSS is the larger of (a) the summed
 polled every 50 ms with psutil, and (b) ru_maxrss from os.wait4 (the largest single process, sampled by the
 kernel, so short spikes between polls are not missed). Output size is the artifact folder, which is deleted
 after measuring unless --keep. Usage: python bench/export_memory.py [--layers 1] [--passes 2] [--json]
+
+`--precision gptq` is phi3-edge's cpu-int4 export with --quant-algo gptq (the calibration pass over the built-in
+text, then the export reading the calibrated blocks back): the builder has no GPTQ, so that row has no builder
+pair; compare it with the int4 (RTN) row, and across --layers, to see what the calibrated blocks cost.
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ from checkpoints import SHAPES, ensure_checkpoint  # noqa: E402
 POLL_S = 0.05
 GB = 1e9
 BUILDER, EDGE = "genai-builder", "phi3-edge"
-EDGE_TARGETS = {"fp32": "cpu-fp32", "int4": "cpu-int4"}
+EDGE_TARGETS = {"fp32": "cpu-fp32", "int4": "cpu-int4", "gptq": "cpu-int4"}
+EDGE_ALGOS = {"gptq": "gptq"}  # the --quant-algo of a precision (rtn when not named)
+BUILDER_PRECISIONS = ("fp32", "int4")  # what the builder is measured at
 # The builder's documented CPU int4 defaults, passed explicitly: RTN, block 32, accuracy level 4 (int8 compute).
 BUILDER_INT4 = ["--extra_options", "block_size=32", "accuracy_level=4"]
+# The export alone (fidelity=False): the accuracy gate's fp32 pass is not the builder's job.
 EDGE_CODE = (
     "import sys; from phi3_edge.api import export; "
-    "export(model=sys.argv[1], target=sys.argv[2], output=sys.argv[3], force=True, require_tokenizer=False, "
-    "progress=False, fidelity=False)"  # the export alone: the accuracy gate's fp32 pass is not the builder's job
+    "export(model=sys.argv[1], target=sys.argv[2], output=sys.argv[3], quant_algo=sys.argv[4], force=True, "
+    "require_tokenizer=False, progress=False, fidelity=False)"
 )
 
 
@@ -75,7 +82,8 @@ def builder_job(checkpoint: Path, precision: str, work: Path) -> Job:
 
 def edge_job(checkpoint: Path, precision: str, work: Path) -> Job:
     out = work / f"out-edge-{precision}"
-    argv = [sys.executable, "-c", EDGE_CODE, str(checkpoint), EDGE_TARGETS[precision], str(out)]
+    argv = [sys.executable, "-c", EDGE_CODE, str(checkpoint), EDGE_TARGETS[precision], str(out),
+            EDGE_ALGOS.get(precision, "rtn")]
     return Job(EDGE, precision, argv, out)
 
 
@@ -135,7 +143,7 @@ def plan(checkpoint: Path, work: Path, passes: int, precisions: list[str]) -> li
     jobs: list[tuple[int, int, Job]] = []
     for index in range(1, passes + 1):
         for precision in precisions:
-            pair = [builder_job(checkpoint, precision, work)]
+            pair = [builder_job(checkpoint, precision, work)] if precision in BUILDER_PRECISIONS else []
             if EDGE_TARGETS[precision] in available:
                 pair.append(edge_job(checkpoint, precision, work))
             if index % 2 == 0:
