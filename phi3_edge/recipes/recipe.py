@@ -4,6 +4,7 @@
     [[models]]  source = "phi3:mini"      # any --model form; `name` optional ([model] for just one)
     [defaults]  max_kl = 0.05             # options every target inherits
     [[targets]] name = "cpu-int4"  group = "cpu"  quant_algo = "hqq"  ...
+                calibration = "texts/code.txt"   # gptq/awq: the calibration text, relative to this file
     [layout]    optimum = true            # also the Optimum / Transformers.js files
     [publish]   repo_id = "org/{model}-{target}"   # optional `phi3-edge push` destination per artifact
 
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from phi3_edge.errors import Phi3EdgeError
-from phi3_edge.quantize.recipe import ALGOS as QUANT_ALGOS
-from phi3_edge.quantize.recipe import EMBEDDING_CHOICES, LM_HEAD_CHOICES
+from phi3_edge.quantize.recipe import CALIBRATED_ALGOS, EMBEDDING_CHOICES, LM_HEAD_CHOICES
+from phi3_edge.quantize.recipe import OPTION_ALGOS as QUANT_ALGOS  # what --quant-algo accepts, calibrated ones too
 from phi3_edge.targets.table import TARGETS
 
 DEFAULT_GROUP = "default"
@@ -30,13 +31,14 @@ DEFAULT_GROUP = "default"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TOP_KEYS = {"output", "model", "models", "defaults", "targets", "layout", "publish"}
 _MODEL_KEYS = {"source", "name", "revision"}
-_OPTION_KEYS = {"quant_algo", "lm_head", "embeddings", "mixed_precision", "max_kl", "fidelity"}
+_OPTION_KEYS = {"quant_algo", "calibration", "lm_head", "embeddings", "mixed_precision", "max_kl", "fidelity"}
 _TARGET_KEYS = {"name", "target", "group"} | _OPTION_KEYS
 _LAYOUT_KEYS = {"optimum"}
 _PUBLISH_KEYS = {"repo_id", "private"}
 # Options people expect from other tools that phi3-edge does not have: say so instead of "unknown key".
 _NOT_SUPPORTED = {
-    "calibration": "phi3-edge's quantization is data-free (rtn, hqq): there is no calibration set to give",
+    "dataset": "the calibration text of quant_algo = \"gptq\" or \"awq\" is `calibration = \"file.txt\"` (UTF-8, "
+               "relative to this recipe)",
 }
 
 
@@ -49,6 +51,7 @@ class ExportOptions:
     """The per-target export options a recipe may set (api.export's keywords of the same names)."""
 
     quant_algo: str = "rtn"
+    calibration: Path | None = None  # gptq/awq: the calibration text, resolved (None: the built-in text)
     lm_head: str | None = None
     embeddings: str | None = None
     mixed_precision: bool = False
@@ -56,8 +59,9 @@ class ExportOptions:
     fidelity: bool = True
 
     def as_keywords(self) -> dict[str, Any]:
-        return {"quant_algo": self.quant_algo, "lm_head": self.lm_head, "embeddings": self.embeddings,
-                "mixed_precision": self.mixed_precision, "max_kl": self.max_kl, "fidelity": self.fidelity}
+        return {"quant_algo": self.quant_algo, "calibration": self.calibration, "lm_head": self.lm_head,
+                "embeddings": self.embeddings, "mixed_precision": self.mixed_precision, "max_kl": self.max_kl,
+                "fidelity": self.fidelity}
 
 
 @dataclass(frozen=True)
@@ -232,14 +236,34 @@ def _options(entry: dict[str, Any], base: ExportOptions, check: _Checker, where:
     max_kl = base.max_kl
     if "max_kl" in entry:
         max_kl = check.number(entry["max_kl"], f"{where}.max_kl")
+    quant_algo = optional_choice("quant_algo", QUANT_ALGOS, base.quant_algo) or base.quant_algo
     return ExportOptions(
-        quant_algo=optional_choice("quant_algo", QUANT_ALGOS, base.quant_algo) or base.quant_algo,
+        quant_algo=quant_algo,
+        calibration=_calibration(entry, base, quant_algo, check, where),
         lm_head=optional_choice("lm_head", LM_HEAD_CHOICES, base.lm_head),
         embeddings=optional_choice("embeddings", EMBEDDING_CHOICES, base.embeddings),
         mixed_precision=check.boolean(entry.get("mixed_precision", base.mixed_precision), f"{where}.mixed_precision"),
         max_kl=max_kl,
         fidelity=check.boolean(entry.get("fidelity", base.fidelity), f"{where}.fidelity"),
     )
+
+
+def _calibration(entry: dict[str, Any], base: ExportOptions, quant_algo: str, check: _Checker,
+                 where: str) -> Path | None:
+    """The calibration text, relative to the recipe file, checked to exist now (before any export runs).
+
+    [defaults] may name one for its calibrated targets: a target whose algorithm needs none does not inherit it,
+    but a target that names one itself with such an algorithm is an error (it would be ignored)."""
+    if "calibration" not in entry:
+        return base.calibration if quant_algo in CALIBRATED_ALGOS else None
+    key = f"{where}.calibration"
+    if where != "defaults" and quant_algo not in CALIBRATED_ALGOS:
+        check.fail(key, f"applies to quant_algo {' or '.join(repr(a) for a in CALIBRATED_ALGOS)}, not {quant_algo!r}")
+    given = Path(check.string(entry["calibration"], key))
+    path = given if given.is_absolute() else check.path.parent / given
+    if not path.is_file():
+        check.fail(key, f"{str(given)!r}: no such file (a UTF-8 text; a relative path is relative to the recipe)")
+    return path
 
 
 def _repo_template(template: str, check: _Checker) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from phi3_edge import api
 from phi3_edge.cli import main
+from phi3_edge.quantize.recipe import OPTION_ALGOS
 
 RECIPE = """
 output = "out"
@@ -97,13 +99,32 @@ def test_matrix_and_output(tmp_path: Path) -> None:
 
 def test_bad_recipe_is_one_line_and_exit_1(tmp_path: Path) -> None:
     recipe = tmp_path / "build.toml"
-    recipe.write_text("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\nquant_algo = 'awq'\n",
+    recipe.write_text("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\nquant_algo = 'awq2'\n",
                       encoding="utf-8")
     result = _invoke("build", str(recipe))
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"error: {recipe}: targets[0].quant_algo: 'awq' is not one of rtn, hqq")
+    assert result.stderr.strip() == (f"error: {recipe}: targets[0].quant_algo: 'awq2' is not one of "
+                                     f"{', '.join(OPTION_ALGOS)}")
     push = _invoke("build", str(recipe).replace("build.toml", "missing.toml"), "--push")
     assert push.exit_code == 1 and "recipe file not found" in push.stderr
+
+
+def test_build_gptq_target_calibrates_on_the_recipes_text(tiny_checkpoint, tmp_path: Path) -> None:
+    """A recipe's `calibration` reaches the export: the manifest records that file (by name and sha256)."""
+    (tmp_path / "texts").mkdir()
+    text = tmp_path / "texts" / "mine.txt"
+    text.write_text("def add(a, b):\n    return a + b\n\nThe quick brown fox jumps over the lazy dog. " * 12,
+                    encoding="utf-8")
+    recipe = tmp_path / "build.toml"
+    recipe.write_text(f"output = 'out'\n[model]\nsource = '{tiny_checkpoint('gqa')}'\nname = 'tiny'\n"
+                      "[[targets]]\nname = 'gptq'\ntarget = 'cpu-int4'\nquant_algo = 'gptq'\nfidelity = false\n"
+                      "calibration = 'texts/mine.txt'\n", encoding="utf-8")
+    report = api.build(recipe, concurrent=False)
+    assert report.exit_code == 0, report
+    recipe_record = json.loads((tmp_path / "out" / "tiny" / "gptq" / "manifest.json").read_text("utf-8"))["recipe"]
+    assert recipe_record["quant_algo"] == "gptq"
+    assert recipe_record["calibration"]["source"] == "mine.txt"
+    assert recipe_record["calibration"]["sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
 
 
 def test_export_targets_writes_one_folder_each(tmp_path: Path) -> None:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from phi3_edge.quantize import QUANT_ALGOS
-from phi3_edge.quantize.recipe import EMBEDDING_CHOICES, LM_HEAD_CHOICES
+from phi3_edge.quantize.recipe import CALIBRATED_ALGOS, EMBEDDING_CHOICES, LM_HEAD_CHOICES, OPTION_ALGOS
 from phi3_edge.recipes import RecipeFileError, parse_recipe, parse_recipe_text
 from phi3_edge.recipes import recipe as recipe_module
 
@@ -32,7 +31,8 @@ def test_example_recipe_parses_with_defaults_inherited() -> None:
 
 def test_choices_are_the_exporters() -> None:
     """The recipe validates with the quantizer's own lists: a new algorithm is a valid recipe value at once."""
-    assert recipe_module.QUANT_ALGOS is QUANT_ALGOS
+    assert recipe_module.QUANT_ALGOS is OPTION_ALGOS  # --quant-algo's list, the calibrated algorithms included
+    assert set(CALIBRATED_ALGOS) <= set(OPTION_ALGOS)
     assert recipe_module.LM_HEAD_CHOICES is LM_HEAD_CHOICES
     assert recipe_module.EMBEDDING_CHOICES is EMBEDDING_CHOICES
 
@@ -59,14 +59,22 @@ def test_multiple_models_and_publish_template(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\nquant_alg = 'rtn'\n",
      "targets[0].quant_alg: unknown key"),
-    ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\nquant_algo = 'gptq'\n",
-     "targets[0].quant_algo: 'gptq' is not one of rtn, hqq"),
+    ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\nquant_algo = 'gptq3'\n",
+     f"targets[0].quant_algo: 'gptq3' is not one of {', '.join(OPTION_ALGOS)}"),
     ("[model]\nsource = 'demo'\n[[targets]]\nname = 'x'\n", "targets[0].name: 'x' is not one of cpu-fp32"),
     ("[model]\nsource = 'demo'\n[[targets]]\nname = 'a'\ntarget = 'tpu-int4'\n", "targets[0].target: 'tpu-int4'"),
     ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\n[[targets]]\nname = 'cpu-int4'\n",
      "targets[1].name: target name 'cpu-int4' is already used by targets[0]"),
-    ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\ncalibration = 'wiki'\n",
-     "targets[0].calibration: not supported: phi3-edge's quantization is data-free"),
+    ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\ncalibration = 'text.txt'\n",
+     "targets[0].calibration: applies to quant_algo 'gptq' or 'awq', not 'rtn'"),
+    ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\nquant_algo = 'gptq'\ncalibration = 'gone.txt'\n",
+     "targets[0].calibration: 'gone.txt': no such file"),
+    ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\nquant_algo = 'awq'\ncalibration = 3\n",
+     "targets[0].calibration: must be a non-empty string, got an integer"),
+    ("[model]\nsource = 'demo'\n[defaults]\ncalibration = 'gone.txt'\n[[targets]]\nname = 'cpu-int4'\n",
+     "defaults.calibration: 'gone.txt': no such file"),
+    ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\ndataset = 'wiki'\n",
+     "targets[0].dataset: not supported: the calibration text of quant_algo = \"gptq\" or \"awq\" is `calibration"),
     ("[[targets]]\nname = 'cpu-int4'\n", "no model: add a [model] table"),
     ("[model]\nsource = 'demo'\n", "no targets"),
     ("targets = []\n[model]\nsource = 'demo'\n", "targets: is empty"),
@@ -102,3 +110,24 @@ def test_unreadable_files(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(RecipeFileError, match="not UTF-8"):
         parse_recipe(binary)
+
+
+def test_calibrated_algorithms_and_a_calibration_file_relative_to_the_recipe(tmp_path: Path) -> None:
+    (tmp_path / "texts").mkdir()
+    text = tmp_path / "texts" / "code.txt"
+    text.write_text("def f(x):\n    return x\n" * 20, encoding="utf-8")
+    absolute = tmp_path / "prose.txt"
+    absolute.write_text("The quick brown fox. " * 20, encoding="utf-8")
+    recipe = parse_recipe_text(
+        "[model]\nsource = 'demo'\n[defaults]\ncalibration = 'texts/code.txt'\n"
+        "[[targets]]\nname = 'gptq'\ntarget = 'cpu-int4'\nquant_algo = 'gptq'\n"  # inherits [defaults]' text
+        f"[[targets]]\nname = 'awq'\ntarget = 'cpu-int4'\nquant_algo = 'awq'\ncalibration = '{absolute}'\n"
+        "[[targets]]\nname = 'cpu-int4'\n",  # rtn: needs no text, so it does not inherit one
+        tmp_path / "build.toml")
+    gptq, awq, rtn = (t.options for t in recipe.targets)
+    assert (gptq.quant_algo, gptq.calibration) == ("gptq", text)
+    assert (awq.quant_algo, awq.calibration) == ("awq", absolute)
+    assert (rtn.quant_algo, rtn.calibration) == ("rtn", None)
+    assert gptq.as_keywords()["calibration"] == text and rtn.as_keywords()["calibration"] is None
+    builtin = parse_recipe_text(MINIMAL + "quant_algo = 'gptq'\n", tmp_path / "build.toml").targets[0].options
+    assert (builtin.quant_algo, builtin.calibration) == ("gptq", None)  # None: the built-in text
