@@ -27,7 +27,8 @@ CALIBRATED_ALGOS = ("gptq", "awq")
 BLOCK_ALGOS = ("gptq",)  # the calibrated ones whose codes come ready-made (the exporter never rounds them)
 OPTION_ALGOS = ALGOS + CALIBRATED_ALGOS  # what --quant-algo accepts
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 (MatMulNBits' accuracy_level attribute)
-HQQ_BITS = (2, 4)  # HQQ needs float zero points, which ORT 1.32's CPU kernel rejects with 8-bit weights
+HQQ_BITS = (2, 4)  # HQQ's float zero points are rejected by ORT 1.32's CPU kernel with 8-bit weights
+ZERO_POINT_FORMATS = ("none", "uint", "float")  # LinearRecipe.zero_points
 LM_HEAD_CHOICES = ("float", "int8", "int4")
 EMBEDDING_CHOICES = ("float", "quantized")
 DEFAULT_BITS, DEFAULT_BLOCK = 4, 32  # a quantized head/table on a float target
@@ -39,15 +40,22 @@ class RecipeError(Phi3EdgeError, ValueError):
 
 @dataclass(frozen=True)
 class LinearRecipe:
-    """One MatMulNBits weight format. symmetric: no zero-point input (the kernel uses 2^(bits-1))."""
+    """One MatMulNBits weight format. symmetric: no zero-point input (the kernel uses 2^(bits-1)).
+
+    zero_points: the zero-point input's format, recorded in the manifest: "none" (symmetric), "uint" (integer,
+    packed uint8 like B: the kernel's fast path) or "float" (HQQ's float zero points in the scales' dtype).
+    """
 
     bits: int
     block_size: int
     accuracy_level: int = 0
     symmetric: bool = True
     algo: str = "rtn"
+    zero_points: str = "uint"  # for an asymmetric recipe; a symmetric one records "none"
 
     def __post_init__(self) -> None:
+        if self.symmetric:
+            object.__setattr__(self, "zero_points", "none")  # frozen: normalised once, so equal recipes compare equal
         check_linear_recipe(self)
 
     def describe(self) -> str:
@@ -67,6 +75,10 @@ def check_linear_recipe(recipe: LinearRecipe) -> None:
                           "kernel path)")
     if recipe.algo == "hqq" and recipe.symmetric:
         raise RecipeError("HQQ optimises zero points: it is asymmetric by construction (symmetric=False)")
+    if recipe.zero_points not in ZERO_POINT_FORMATS or (recipe.zero_points == "none") != recipe.symmetric:
+        raise RecipeError(f"zero points {recipe.zero_points!r}: expected uint or float (asymmetric), none (symmetric)")
+    if recipe.zero_points == "float" and recipe.algo != "hqq":
+        raise RecipeError("float zero points come from HQQ only (--quant-algo hqq)")
     if recipe.algo == "hqq" and recipe.bits not in HQQ_BITS:
         raise RecipeError(f"--quant-algo hqq is available for {HQQ_BITS} bits: its float zero points are rejected "
                           f"by onnxruntime's CPU MatMulNBits at {recipe.bits} bits (use rtn)")

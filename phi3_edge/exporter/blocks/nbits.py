@@ -5,8 +5,8 @@
 Initializers, exactly as onnxruntime 1.32 checks them (CPU kernel and schema):
     B            uint8 (N, n_blocks, block_size * bits / 8)     codes packed low bits first along K
     scales       io float dtype (N, n_blocks)
-    zero_points  RTN asymmetric: uint8 (N, ceil(n_blocks * bits / 8)), packed like B
-                 HQQ: io float dtype (N, n_blocks), non-integer zero points
+    zero_points  RTN asymmetric, HQQ (default): uint8 (N, ceil(n_blocks * bits / 8)), packed like B
+                 HQQ zero_points="float": io float dtype (N, n_blocks), non-integer zero points
                  symmetric: absent (the kernel then uses 2^(bits-1))
 
 One pass over the checkpoint rows: the packed codes stream straight into the data file chunk by chunk,
@@ -51,7 +51,7 @@ class _SideTensors:
 class NBitsLinear:
     """The Linear protocol (exporter/blocks/linear.py) for one quantized recipe (validated when it was made)."""
 
-    def __init__(self, source: WeightSource, recipe: LinearRecipe, *, hqq_iters: int = 20,
+    def __init__(self, source: WeightSource, recipe: LinearRecipe, *, hqq_iters: int | None = None,
                  calibrated: CalibratedBlocks | None = None) -> None:
         self.source = source
         self.recipe = recipe
@@ -96,7 +96,8 @@ class NBitsLinear:
         if self.algo in BLOCK_ALGOS:
             raise ValueError(f"--quant-algo {self.algo} needs its calibrated blocks (the export's calibration pass)")
         if self.algo == "hqq":
-            return quantize_hqq(w, self.bits, self.block_size, self.hqq_iters, scale_dtype=self.scale_dtype)
+            return quantize_hqq(w, self.bits, self.block_size, self.hqq_iters, scale_dtype=self.scale_dtype,
+                                zero_points=self.recipe.zero_points)
         return quantize_rtn(w, self.bits, self.block_size, self.symmetric, scale_dtype=self.scale_dtype)
 
     def _write(self, info: TensorInfo, first: int, last: int, name: str,

@@ -70,12 +70,15 @@ RECIPES = [
     {"bits": 4, "block_size": 32, "symmetric": False, "algo": "hqq"},
     {"bits": 8, "block_size": 32, "symmetric": True},
     {"bits": 8, "block_size": 64, "symmetric": False},
+    {"bits": 4, "block_size": 32, "symmetric": False, "algo": "hqq", "zero_points": "float"},
 ]
+HQQ, HQQ_FLOAT = RECIPES[3], RECIPES[6]
 
 
 def reference_blocks(w: np.ndarray, recipe: dict, scale_dtype: str = "float32"):
     if recipe.get("algo") == "hqq":
-        return quantize_hqq(w, recipe["bits"], recipe["block_size"], scale_dtype=scale_dtype)
+        return quantize_hqq(w, recipe["bits"], recipe["block_size"], scale_dtype=scale_dtype,
+                            zero_points=recipe.get("zero_points", "uint"))
     return quantize_rtn(w, recipe["bits"], recipe["block_size"], recipe["symmetric"], scale_dtype=scale_dtype)
 
 
@@ -94,26 +97,26 @@ def test_nbits_linear_matches_float_matmul_within_quantization_error(tmp_path, r
     assert np.linalg.norm(got - x @ w.T) / np.linalg.norm(x @ w.T) < (0.3 if recipe["bits"] == 4 else 0.02)
 
 
-@pytest.mark.parametrize("recipe", [RECIPES[0], RECIPES[1], RECIPES[3]], ids=["sym", "asym", "hqq"])
+@pytest.mark.parametrize("recipe", [RECIPES[0], RECIPES[1], HQQ, HQQ_FLOAT], ids=["sym", "asym", "hqq", "hqq-float"])
 def test_initializer_shapes_and_node(tmp_path, recipe):
     write_checkpoint(tmp_path)
-    model, reports = export_linear(tmp_path, accuracy_level=4 if recipe.get("algo") != "hqq" else 0, **recipe)
+    level = 0 if recipe.get("zero_points") == "float" else 4  # float zero points leave the int8 path anyway
+    model, reports = export_linear(tmp_path, accuracy_level=level, **recipe)
     shapes = {t.name.rsplit(".", 1)[-1]: (tuple(t.dims), t.data_type) for t in model.graph.initializer}
     blocks = 7  # ceil(200 / 32)
     assert shapes["qweight"] == ((N, blocks, 16), onnx.TensorProto.UINT8)
     assert shapes["scales"] == ((N, blocks), onnx.TensorProto.FLOAT)
     if recipe["symmetric"]:
         assert "zero_points" not in shapes
-    elif recipe.get("algo") == "hqq":
+    elif recipe.get("zero_points") == "float":
         assert shapes["zero_points"] == ((N, blocks), onnx.TensorProto.FLOAT)  # float, unpacked
-    else:
+    else:  # asymmetric RTN and HQQ's default integer zero points: MatMulNBits' packed uint4
         assert shapes["zero_points"] == ((N, 4), onnx.TensorProto.UINT8)  # packed: ceil(7 / 2)
     assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     (node,) = model.graph.node
     attrs = {a.name: a.i for a in node.attribute}
     assert (node.op_type, node.domain) == ("MatMulNBits", "com.microsoft")
-    assert attrs == {"K": K, "N": N, "bits": 4, "block_size": 32,
-                     "accuracy_level": 4 if recipe.get("algo") != "hqq" else 0}
+    assert attrs == {"K": K, "N": N, "bits": 4, "block_size": 32, "accuracy_level": level}
     assert reports == [(NAME, N * K * 4)]
 
 
@@ -128,13 +131,16 @@ def test_row_range_of_a_packed_weight(tmp_path):
     assert reports == [(NAME, 32 * K * 4)]
 
 
-@pytest.mark.parametrize("recipe", [RECIPES[0], RECIPES[3]], ids=["sym", "hqq"])
+@pytest.mark.parametrize("recipe", [RECIPES[0], HQQ, HQQ_FLOAT], ids=["sym", "hqq", "hqq-float"])
 def test_float16_io(tmp_path, recipe):
-    """fp16 targets: scales (and HQQ zero points) in fp16, quantized against the rounded scales."""
+    """fp16 targets: scales (and float HQQ zero points) in fp16, quantized against the rounded scales."""
     w = write_checkpoint(tmp_path, np.float16)
     model, _ = export_linear(tmp_path, io_dtype="float16", **recipe)
-    assert {t.data_type for t in model.graph.initializer if not t.name.endswith("qweight")} == \
-        {onnx.TensorProto.FLOAT16}
+    kinds = {t.name.rsplit(".", 1)[-1]: t.data_type for t in model.graph.initializer}
+    assert kinds["scales"] == onnx.TensorProto.FLOAT16
+    if "zero_points" in kinds:  # packed integer codes, or float ones in the scales' dtype
+        float_zero = recipe.get("zero_points") == "float"
+        assert kinds["zero_points"] == (onnx.TensorProto.FLOAT16 if float_zero else onnx.TensorProto.UINT8)
     x = inputs(np.float16)
     expected = x.astype(np.float32) @ dequantize(reference_blocks(w, recipe, "float16")).T
     got = run(tmp_path, x)
