@@ -137,8 +137,10 @@ def runner(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> Callable
 
 # --- timing ------------------------------------------------------------------------------------------------
 
-def time_alternating(runs: dict[Any, Callable[[], None]], rounds: int, sample_s: float) -> dict[Any, float]:
-    """Median seconds per call of each run; rounds rotate and reverse the order (the machine is shared)."""
+def time_alternating(runs: dict[Any, Callable[[], None]], rounds: int,
+                     sample_s: float) -> dict[Any, tuple[float, float]]:
+    """(median, min) seconds per call of each run; rounds rotate and reverse the order (the machine is shared:
+    the min is the less load-sensitive estimate of the uncontended cost, the median the typical one)."""
     calls: dict[Any, int] = {}
     for key, fn in runs.items():
         fn()
@@ -154,7 +156,7 @@ def time_alternating(runs: dict[Any, Callable[[], None]], rounds: int, sample_s:
             for _ in range(calls[key]):
                 runs[key]()
             samples[key].append((time.perf_counter() - started) / calls[key])
-    return {key: statistics.median(v) for key, v in samples.items()}
+    return {key: (statistics.median(v), min(v)) for key, v in samples.items()}
 
 
 def copy_bandwidth(repeats: int = 7) -> float:
@@ -179,8 +181,10 @@ class SpeedRow:
     bits: int
     block: int
     level: int
-    ms: float  # per matrix
-    ratio: float  # ms / ms at block 32, level 4, same bits (int8 rows: to int4 block 32 level 4)
+    ms: float  # per matrix, median
+    ratio: float  # ms / ms at int4 block 32, level 4 (same shape and M)
+    ms_min: float
+    ratio_min: float
     weight_mb: float
     gbps: float
     of_copy: float
@@ -198,19 +202,20 @@ def speed_rows(shapes: Sequence[Shape], ms: Sequence[int], blocks: Sequence[int]
         for m in ms:
             a = np.random.default_rng(0).standard_normal((m, shape.k), dtype=np.float32)
             runs = {c: runner(s, {"A": a}) for c, s in sessions.items()}
-            med = time_alternating(runs, rounds, 0.03 if m == 1 else 0.15)
-            base = med.get((4, 32, 4), float("nan"))
-            for (bits, block, level), seconds in med.items():
+            med = time_alternating(runs, rounds, 0.02 if m == 1 else 0.1)
+            base, base_min = med[(4, 32, 4)]
+            for (bits, block, level), (seconds, fastest) in med.items():
                 per = seconds / copies
                 nbytes = nbits_bytes(shape.k, shape.n, bits, block)
                 rows.append(SpeedRow(shape.model, shape.group, shape.k, shape.n, m, bits, block, level, per * 1e3,
-                                     seconds / base, nbytes / MB, nbytes / per / 1e9, nbytes / per / 1e9 / copy_gbps))
+                                     seconds / base, fastest / copies * 1e3, fastest / base_min, nbytes / MB,
+                                     nbytes / per / 1e9, nbytes / per / 1e9 / copy_gbps))
             print(f"  timed {shape.model} {shape.group} M={m}", file=sys.stderr, flush=True)
         del sessions
     return rows
 
 
-def packed_rows(rounds: int, threads: int) -> list[dict[str, Any]]:
+def packed_rows(rounds: int, threads: int, ms: Sequence[int]) -> list[dict[str, Any]]:
     """One packed MatMulNBits vs its parts as separate nodes (block 32, level 4), per decode/prefill call."""
     cases = [("phi3-mini", "qkv", 3072, [9216], [3072, 3072, 3072]),
              ("phi3-mini", "gate_up", 3072, [16384], [8192, 8192]),
@@ -220,12 +225,14 @@ def packed_rows(rounds: int, threads: int) -> list[dict[str, Any]]:
         copies = copies_for(Shape(model, group, k, packed[0], 1))
         sessions = {kind: session(matmul_graph(k, widths, copies, 4, 32, 4, seed=2), threads)
                     for kind, widths in (("packed", packed), ("split", split))}
-        for m in (1, 128):
+        for m in ms:
             a = np.random.default_rng(0).standard_normal((m, k), dtype=np.float32)
             med = time_alternating({kind: runner(s, {"A": a}) for kind, s in sessions.items()}, rounds,
-                                   0.03 if m == 1 else 0.15)
-            out.append({"model": model, "group": group, "m": m, "packed_ms": med["packed"] / copies * 1e3,
-                        "split_ms": med["split"] / copies * 1e3, "split_over_packed": med["split"] / med["packed"]})
+                                   0.02 if m == 1 else 0.1)
+            (packed_s, packed_min), (split_s, split_min) = med["packed"], med["split"]
+            out.append({"model": model, "group": group, "m": m, "packed_ms": packed_s / copies * 1e3,
+                        "split_ms": split_s / copies * 1e3, "split_over_packed": split_s / packed_s,
+                        "split_over_packed_min": split_min / packed_min})
     return out
 
 
@@ -240,12 +247,13 @@ def gather_rows(rounds: int, threads: int, vocab: int = 32064, hidden: int = 307
         med = time_alternating({n: runner(x, {"ids": ids}) for n, x in sessions.items()}, rounds, 0.02)
         for name, (bits, block) in kinds.items():
             nbytes = vocab * hidden * 4 if bits is None else nbits_bytes(hidden, vocab, bits, block)
-            out.append({"table": name, "ids": s, "us": med[name] * 1e6, "MB": nbytes / MB,
-                        "ratio_to_fp32": med[name] / med["fp32 Gather"]})
+            out.append({"table": name, "ids": s, "us": med[name][0] * 1e6, "us_min": med[name][1] * 1e6,
+                        "MB": nbytes / MB, "ratio_to_fp32": med[name][0] / med["fp32 Gather"][0]})
     return out
 
 
-def decode_ms(rows: Sequence[SpeedRow], model: str, plan: dict[str, tuple[int, int]], level: int = 4) -> float:
+def decode_ms(rows: Sequence[SpeedRow], model: str, plan: dict[str, tuple[int, int]], level: int = 4,
+              stat: str = "ms") -> float:
     """Decode MatMul ms per token of `model` with each group's (bits, block); groups not in plan: int4 b32."""
     total = 0.0
     for shape in (s for s in SHAPES if s.model == model):
@@ -254,7 +262,7 @@ def decode_ms(rows: Sequence[SpeedRow], model: str, plan: dict[str, tuple[int, i
                and r.block == block and r.level == level]
         if not hit:
             return float("nan")
-        total += hit[0].ms * shape.per_token
+        total += getattr(hit[0], stat) * shape.per_token  # stat: "ms" (median) or "ms_min"
     return total
 
 
@@ -335,7 +343,7 @@ def plans(hidden: int, blocks: Sequence[int]) -> list[Plan]:
     return out
 
 
-def accuracy_rows(blocks: Sequence[int], windows: int, speed: Sequence[SpeedRow]) -> list[dict[str, Any]]:
+def accuracy_rows(blocks: Sequence[int], windows: int) -> list[dict[str, Any]]:
     from quant_real import Bench
 
     bench = Bench("smollm2:135m")
@@ -349,12 +357,9 @@ def accuracy_rows(blocks: Sequence[int], windows: int, speed: Sequence[SpeedRow]
     for plan in plans(bench.spec.hidden_size, blocks):
         started = time.perf_counter()
         row = bench.measure(plan.label, plan_map(plan), plan_bytes(bench.spec, plan), 0.0)
-        saved = {m: 1 - decode_ms(speed, m, plan.speed_plan()) / decode_ms(speed, m, {})
-                 for m in ("smollm2", "phi3-mini")}
         entry: dict[str, Any] = {"label": plan.label, "kl": row.kl, "top1": row.top1,
                                  **{f"ppl_{k}": v for k, v in row.ppl_gap.items()}, "MB": row.weight_bytes / MB,
-                                 "decode_saved_smollm2": saved["smollm2"], "decode_saved_phi3": saved["phi3-mini"],
-                                 "seconds": time.perf_counter() - started}
+                                 "speed_plan": plan.speed_plan(), "seconds": time.perf_counter() - started}
         base = base or entry
         entry["dkl"] = entry["kl"] - base["kl"]
         out.append(entry)
@@ -382,75 +387,102 @@ def _f(value: float, spec: str) -> str:
 
 def print_speed(rows: Sequence[SpeedRow], copy_gbps: float, threads: int) -> None:
     _table(f"MatMulNBits per matrix, {threads} threads; ratio to int4 b32 level 4; copy {copy_gbps:.1f} GB/s (r+w)",
-           ["model tensor", "K->N", "M", "bits", "block", "level", "ms", "ratio", "MB", "GB/s", "/copy"],
+           ["model tensor", "K->N", "M", "bits", "block", "level", "ms med", "ratio", "ms min", "ratio(min)", "MB",
+            "GB/s", "/copy"],
            [[f"{r.model} {r.group}", f"{r.k}->{r.n}", str(r.m), str(r.bits), str(r.block), str(r.level),
-             _f(r.ms, ".3f"), _f(r.ratio, ".2f"), _f(r.weight_mb, ".1f"), _f(r.gbps, ".1f"), _f(r.of_copy, ".2f")]
+             _f(r.ms, ".3f"), _f(r.ratio, ".2f"), _f(r.ms_min, ".3f"), _f(r.ratio_min, ".2f"), _f(r.weight_mb, ".1f"),
+             _f(r.gbps, ".1f"), _f(r.of_copy, ".2f")]
             for r in rows])
     lines = []
     for model in dict.fromkeys(r.model for r in rows):
-        base = decode_ms(rows, model, {})
+        base, base_min = decode_ms(rows, model, {}), decode_ms(rows, model, {}, stat="ms_min")
         for label, plan, level in (("int4 b32 level 4", {}, 4), ("int4 b32 level 0", {}, 0),
                                    ("int4 b64 all", dict.fromkeys(GROUPS, (4, 64)), 4),
                                    ("int4 b128 all", dict.fromkeys(GROUPS, (4, 128)), 4),
                                    ("int8 head, int4 b32 body", {"head": (8, 32)}, 4)):
-            ms = decode_ms(rows, model, plan, level)
-            lines.append([model, label, _f(ms, ".2f"), _f(ms / base, ".2f")])
-    _table("Decode MatMul ms per token (sum over the model's matrices, M=1)", ["model", "formats", "ms", "ratio"],
-           lines)
+            ms, fastest = decode_ms(rows, model, plan, level), decode_ms(rows, model, plan, level, "ms_min")
+            lines.append([model, label, _f(ms, ".2f"), _f(ms / base, ".2f"), _f(fastest, ".2f"),
+                          _f(fastest / base_min, ".2f")])
+    _table("Decode MatMul ms per token (sum over the model's matrices, M=1)",
+           ["model", "formats", "ms med", "ratio", "ms min", "ratio(min)"], lines)
 
 
 def print_extras(packed: Sequence[dict[str, Any]], gathers: Sequence[dict[str, Any]]) -> None:
     if packed:
         _table("Packed vs split (int4 b32 level 4), ms per layer",
-               ["model tensor", "M", "packed", "split", "split/packed"],
+               ["model tensor", "M", "packed", "split", "split/packed", "(min)"],
                [[f"{p['model']} {p['group']}", str(p["m"]), _f(p["packed_ms"], ".3f"), _f(p["split_ms"], ".3f"),
-                 _f(p["split_over_packed"], ".2f")] for p in packed])
+                 _f(p["split_over_packed"], ".2f"), _f(p["split_over_packed_min"], ".2f")] for p in packed])
     if gathers:
         _table("Embedding lookup, Phi-3-mini 32064 x 3072 (µs per call incl. ~python/ORT overhead)",
-               ["table", "ids", "µs", "ratio", "MB"],
-               [[g["table"], str(g["ids"]), _f(g["us"], ".1f"), _f(g["ratio_to_fp32"], ".2f"), _f(g["MB"], ".1f")]
+               ["table", "ids", "µs med", "µs min", "ratio", "MB"],
+               [[g["table"], str(g["ids"]), _f(g["us"], ".1f"), _f(g["us_min"], ".1f"), _f(g["ratio_to_fp32"], ".2f"),
+                 _f(g["MB"], ".1f")]
                 for g in gathers])
+
+
+def add_saved(rows: Sequence[dict[str, Any]], speed: Sequence[SpeedRow]) -> None:
+    """Each accuracy row's decode MatMul time saved vs int4 b32 (part 1's M=1 level-4 figures, median / min)."""
+    for row in rows:
+        plan = {g: (int(f[0]), int(f[1])) for g, f in row["speed_plan"].items()}
+        for model, key in (("smollm2", "smollm2"), ("phi3-mini", "phi3")):
+            for stat, tail in (("ms", ""), ("ms_min", "_min")):
+                row[f"decode_saved_{key}{tail}"] = 1 - decode_ms(speed, model, plan, stat=stat) / decode_ms(
+                    speed, model, {}, stat=stat)
 
 
 def print_accuracy(rows: Sequence[dict[str, Any]], windows: int) -> None:
     _table(f"smollm2:135m real weights, {windows} x 512-token window per text: KL(fp32||row), ppl gap; decode "
            "MatMul time saved (part 1's M=1 level-4 figures)",
-           ["row", "KL", "dKL", "ppl prose", "ppl python", "top-1", "MB", "saved smol", "saved phi3", "dKL/%saved"],
+           ["row", "KL", "dKL", "ppl prose", "ppl python", "top-1", "MB", "saved smol", "(min)", "saved phi3", "(min)"],
            [[r["label"], _f(r["kl"], ".4f"), _f(r["dkl"], "+.4f"), _f(r["ppl_prose"], "+.1%"),
              _f(r["ppl_python"], "+.1%"), _f(r["top1"], ".1%"), _f(r["MB"], ".1f"),
-             _f(r["decode_saved_smollm2"], "+.1%"), _f(r["decode_saved_phi3"], "+.1%"),
-             _f(r["dkl"] / (100 * r["decode_saved_smollm2"]) if r["decode_saved_smollm2"] > 0.005 else float("nan"),
-                ".4f")] for r in rows])
+             _f(r["decode_saved_smollm2"], "+.1%"), _f(r["decode_saved_smollm2_min"], "+.1%"),
+             _f(r["decode_saved_phi3"], "+.1%"), _f(r["decode_saved_phi3_min"], "+.1%")] for r in rows])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds, accuracy rows at block 128 only")
-    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7, quick 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5, quick 3)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="phi3-mini,smollm2", help="speed shapes of these models")
+    parser.add_argument("--m", default="1,128", help="activation rows to time (1 = decode, 128 = prefill)")
     parser.add_argument("--windows", type=int, default=1, help="512-token windows per held-out text (max 2)")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--speed-from", type=Path, help="take part 1 from this --json file instead of timing it")
+    parser.add_argument("--accuracy-from", type=Path, help="take part 2's rows from this --json file")
     args = parser.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 7)
+    rounds = args.rounds or (3 if args.quick else 5)
     blocks = (32, 64, 128)
     started = time.perf_counter()
     result: dict[str, Any] = {"threads": args.threads, "rounds": rounds, "ort": ort.__version__}
     speed: list[SpeedRow] = []
-    if not args.no_speed:
+    if args.speed_from:
+        old = json.loads(args.speed_from.read_text(encoding="utf-8"))
+        speed = [SpeedRow(**r) for r in old["speed"]]
+        result.update({k: old[k] for k in ("copy_gbps", "copy_gbps_after", "speed", "packed", "gathers")})
+        print_speed(speed, (old["copy_gbps"] + old["copy_gbps_after"]) / 2, old["threads"])
+        print_extras(old["packed"], old["gathers"])
+    elif not args.no_speed:
         result["copy_gbps"] = copy_bw = copy_bandwidth()
         shapes = [s for s in SHAPES if s.model in args.models.split(",")]
-        speed = speed_rows(shapes, (1, 128), blocks, (0, 4), rounds, args.threads, copy_bw)
-        packed = packed_rows(rounds, args.threads)
+        ms = tuple(int(m) for m in args.m.split(","))
+        speed = speed_rows(shapes, ms, blocks, (0, 4), rounds, args.threads, copy_bw)
+        packed = packed_rows(rounds, args.threads, ms)
         gathers = gather_rows(rounds, args.threads)
         result["copy_gbps_after"] = copy_bandwidth()
         result.update(speed=[asdict(r) for r in speed], packed=packed, gathers=gathers)
         print_speed(speed, (copy_bw + result["copy_gbps_after"]) / 2, args.threads)
         print_extras(packed, gathers)
-    if not args.no_accuracy:
-        rows = accuracy_rows((128,) if args.quick else (64, 128), args.windows, speed)
+    if args.accuracy_from:
+        rows = json.loads(args.accuracy_from.read_text(encoding="utf-8"))["accuracy"]
+    elif not args.no_accuracy:
+        rows = accuracy_rows((128,) if args.quick else (64, 128), args.windows)
+    if args.accuracy_from or not args.no_accuracy:
+        add_saved(rows, speed)
         result["accuracy"] = rows
         print_accuracy(rows, args.windows)
     if args.json:
