@@ -26,8 +26,12 @@ from tokenizers import Tokenizer
 from phi3_edge.exporter.checkpoint import resolve_checkpoint
 from phi3_edge.exporter.config import Phi3Spec, load_spec
 from phi3_edge.quantize.blockwise import QuantizedBlocks, dequantize, quantize_hqq, quantize_rtn
+from phi3_edge.quantize.mixed import down_proj_name, uses_more_bits
+from phi3_edge.quantize.recipe import LinearRecipe, QuantRecipe
+from phi3_edge.quantize.sensitivity import budget_bytes, choose_wide
 from phi3_edge.reference import calibrate as cal
 from phi3_edge.reference.checkpoint_side import EMBED_NAME, CheckpointSide, WeightMap
+from phi3_edge.reference.sensitivity_pass import Sensitivity, measure_sensitivity
 from phi3_edge.reference.state import State
 from phi3_edge.reference.streamed import TokenStats
 
@@ -68,7 +72,11 @@ def rtn(bits: int, symmetric: bool = True) -> BlockFn:
 
 
 def hqq(w: np.ndarray) -> QuantizedBlocks:
-    return quantize_hqq(w, 4, 32)
+    return quantize_hqq(w, 4, 32, zero_points="float")
+
+
+def hqq_uint(w: np.ndarray) -> QuantizedBlocks:
+    return quantize_hqq(w, 4, 32)  # the default: uint4 zero points, packed (MatMulNBits' fast path)
 
 
 def body_map(body: BlockFn | None, table: BlockFn | None, done: dict[str, np.ndarray] | None = None) -> WeightMap:
@@ -206,8 +214,81 @@ def folded_map(folded: dict[str, np.ndarray], body: BlockFn, table: BlockFn | No
     return mapped
 
 
-def run_all(bench: Bench, only: set[str] | None = None) -> list[RealRow]:
-    """Every recipe row; `only`: row kinds to run (table, rtn, hqq, gptq, awq, awq+gptq, hqq8, int8)."""
+INT4_SYM = LinearRecipe(4, 32)
+# The export's default int4 recipe (cpu-int4, tied): RTN symmetric body, the table int4 and shared with lm_head.
+PLAIN_INT4 = QuantRecipe(INT4_SYM, (), INT4_SYM, INT4_SYM, True, 1.05)
+BUDGETS = (1.05, 1.1, 1.253)  # 1.253 x the plain int4 bytes (84.2 MB with the norms) = Q4_K_M's 105.5 MB
+
+
+def mixed_map(wide: set[str], table_wide: bool, folded: dict[str, np.ndarray] | None = None) -> WeightMap:
+    """int8 RTN for the tensors in `wide` (and the table if `table_wide`), int4 RTN elsewhere, on `folded`."""
+    int4, int8 = rtn(4), rtn(8)
+    held = folded or {}
+
+    def mapped(name: str, rows: np.ndarray) -> np.ndarray:
+        rows = held.get(name, rows)
+        if name == EMBED_NAME:
+            return dequantize((int8 if table_wide else int4)(rows))
+        if name.endswith("_proj.weight"):
+            return dequantize((int8 if name in wide else int4)(rows))
+        return rows
+    return mapped
+
+
+def sensitivity(bench: Bench, folded: dict[str, np.ndarray] | None = None) -> tuple[Sensitivity, float]:
+    started = time.perf_counter()
+    base = None if folded is None else (lambda name, rows: folded.get(name, rows))
+    with bench.side(None) as side:
+        measured = measure_sensitivity(side, bench.calibration, PLAIN_INT4, base=base)
+    return measured, time.perf_counter() - started
+
+
+def measured_rows(bench: Bench, label: str, measured: Sensitivity, seconds: float, budgets: Sequence[float],
+                  folded: dict[str, np.ndarray] | None = None) -> list[RealRow]:
+    """One row per budget: the measured choice (greedy by score removed per byte) within it."""
+    rows = []
+    for budget in budgets:
+        chosen = choose_wide(measured.candidates, budget_bytes(measured.plain_bytes, budget))
+        extra = sum(c.extra_bytes for c in measured.candidates if c.name in chosen)
+        table = measured.table in chosen
+        print(f"{label} x{budget}: table {table}, {len(chosen) - table} body tensors:",
+              [c.removeprefix("model.layers.") for c in chosen], flush=True)
+        rows.append(bench.measure(f"{label}, measured int8 within x{budget}" + (" (table int8)" if table else ""),
+                                  mixed_map(set(chosen), table, folded), measured.plain_bytes + extra, seconds))
+        print(rows[-1], flush=True)
+    if measured.table is not None:  # the table forced to int8, the body measured within what is left
+        budget = max(budgets)
+        forced = next(c for c in measured.candidates if c.name == measured.table)
+        body = [c for c in measured.candidates if c.name != measured.table]
+        chosen = choose_wide(body, budget_bytes(measured.plain_bytes, budget) - forced.extra_bytes)
+        extra = forced.extra_bytes + sum(c.extra_bytes for c in body if c.name in chosen)
+        rows.append(bench.measure(f"{label}, int8 table forced + measured int8 within x{budget}",
+                                  mixed_map(set(chosen), True, folded), measured.plain_bytes + extra, seconds))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def fixed_rule_row(bench: Bench, measured: Sensitivity) -> list[RealRow]:
+    """llama.cpp's use_more_bits down projections at int8 (what --mixed-precision did before), int8 table; and
+    the measured choice at the same bytes, with the table left int4: which tensors, not how many bytes."""
+    layers = bench.spec.num_layers
+    wide = {down_proj_name(i) for i in range(layers) if uses_more_bits(i, layers)}
+    extra = {c.name: c.extra_bytes for c in measured.candidates}
+    fixed_extra = sum(extra[n] for n in wide)
+    body_only = [c for c in measured.candidates if c.name != measured.table]
+    same = set(choose_wide(body_only, fixed_extra))
+    rows = [bench.measure(f"rtn + llama.cpp rule ({len(wide)} int8 down_proj), int4 table", mixed_map(wide, False),
+                          measured.plain_bytes + fixed_extra, 0.0),
+            bench.measure(f"rtn + measured int8 at the same bytes ({len(same)} tensors), int4 table",
+                          mixed_map(same, False), measured.plain_bytes + sum(extra[n] for n in same), 0.0)]
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
+def run_all(bench: Bench, only: set[str] | None = None, budgets: Sequence[float] = BUDGETS) -> list[RealRow]:
+    """Every recipe row; `only`: row kinds to run (table, rtn, hqq, gptq, awq, awq+gptq, hqq8, int8, mixed,
+    awq+mixed)."""
     i4, i8 = (4, "none"), (8, "none")
     rows: list[RealRow] = []
 
@@ -226,6 +307,7 @@ def run_all(bench: Bench, only: set[str] | None = None) -> list[RealRow]:
     timed("rtn asym int4 (uint4 zp) + int4 table", "rtn", body_map(rtn(4, False), rtn(4)),
           bench.bytes_of((4, "uint"), i4))
     timed("hqq int4 (float zp) + int4 table", "hqq", body_map(hqq, rtn(4)), bench.bytes_of((4, "float"), i4))
+    timed("hqq int4 (uint4 zp) + int4 table", "hqq", body_map(hqq_uint, rtn(4)), bench.bytes_of((4, "uint"), i4))
     if want("gptq"):
         done, seconds = bench.gptq(act_order=True)
         timed("gptq int4 (act-order) + int4 table", "gptq", body_map(None, rtn(4), done), bench.bytes_of(i4, i4),
@@ -246,6 +328,21 @@ def run_all(bench: Bench, only: set[str] | None = None) -> list[RealRow]:
               bench.bytes_of(i4, i8), seconds + more)
     if want("hqq8"):
         timed("hqq int4 (float zp) + int8 table", "hqq8", body_map(hqq, rtn(8)), bench.bytes_of((4, "float"), i8))
+        timed("hqq int4 (uint4 zp) + int8 table", "hqq8", body_map(hqq_uint, rtn(8)),
+              bench.bytes_of((4, "uint"), i8))
+    if want("mixed"):
+        measured, seconds = sensitivity(bench)
+        ranked = sorted(measured.candidates, key=lambda c: c.gain_per_byte, reverse=True)
+        for rank, c in enumerate(ranked):
+            if rank < 12 or c.name == measured.table:
+                print(f"  #{rank} {c.name}: {c.narrow_error:.3e} -> {c.wide_error:.3e}, +{c.extra_bytes} B",
+                      flush=True)
+        rows += fixed_rule_row(bench, measured)
+        rows += measured_rows(bench, "rtn", measured, seconds, budgets)
+    if want("awq+mixed"):
+        folded, seconds, _ = awq_weights(bench, rtn(4))
+        measured, more = sensitivity(bench, folded)
+        rows += measured_rows(bench, "awq + rtn", measured, seconds + more, budgets, folded)
     timed("rtn int8 + int8 table (cpu-int8)", "int8", body_map(rtn(8), rtn(8)), bench.bytes_of(i8, i8))
     return rows
 
@@ -306,7 +403,8 @@ def print_rows(rows: Sequence[dict[str, object]], title: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """python bench/quant_real.py [rtn,hqq,gptq,awq,int8,table] [--no-llamacpp] [--json]"""
+    """python bench/quant_real.py [rtn,hqq,gptq,awq,int8,table,mixed,awq+mixed] [--size-budget 1.05,1.255]
+    [--no-llamacpp] [--json]"""
     import argparse
     import json
 
@@ -317,10 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--llama-bin", type=Path, default=LLAMA_BIN)
     parser.add_argument("--work", type=Path, default=Path("/tmp/phi3-edge-bench/quant-real"))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--size-budget", default=",".join(map(str, BUDGETS)),
+                        help="comma-separated budgets of the mixed rows (factors of the plain int4 bytes)")
     args = parser.parse_args(argv)
     bench = Bench(args.model)
     ref = bench.ref_ppl()
-    rows = summarize(run_all(bench, set(args.only.split(",")) if args.only else None))
+    budgets = [float(b) for b in args.size_budget.split(",")]
+    rows = summarize(run_all(bench, set(args.only.split(",")) if args.only else None, budgets))
     if not args.no_llamacpp:
         rows += llamacpp_rows(bench, args.work, args.llama_bin)
     if args.json:

@@ -45,6 +45,7 @@ class ExportOptions(TypedDict, total=False):
     quant_algo: str
     calibration: str | Path | None  # quant_algo="gptq"/"awq": the user's UTF-8 calibration text (None: built-in)
     mixed_precision: bool
+    size_budget: float | None  # mixed_precision's byte budget: a factor of the plain export's weight bytes
     lm_head: str | None
     embeddings: str | None
     max_kl: float | None
@@ -54,8 +55,8 @@ class ExportOptions(TypedDict, total=False):
     mobile_files: str | None
 
 
-_QUANT_KEYWORDS = {"quant_algo": "algo", "mixed_precision": "mixed_precision", "lm_head": "lm_head",
-                   "embeddings": "embeddings"}
+_QUANT_KEYWORDS = {"quant_algo": "algo", "mixed_precision": "mixed_precision", "size_budget": "size_budget",
+                   "lm_head": "lm_head", "embeddings": "embeddings"}
 
 
 def export_request(model: str, target: str = REFERENCE_TARGET, output: str | Path | None = None,
@@ -110,10 +111,11 @@ def _calibrator(request: ExportRequest) -> Calibrate | None:
     algorithms that need none, and a one-line error for a --calibration they would ignore."""
     from phi3_edge.quantize.recipe import CALIBRATED_ALGOS
 
-    if request.quant.algo not in CALIBRATED_ALGOS:
+    # --mixed-precision measures each tensor's int4/int8 error on the calibration text (any body algorithm).
+    if request.quant.algo not in CALIBRATED_ALGOS and not request.quant.mixed_precision:
         if request.calibration is not None:
-            raise Phi3EdgeError(f"--calibration applies to --quant-algo {' or '.join(CALIBRATED_ALGOS)}, "
-                                f"not {request.quant.algo}", request.calibration)
+            raise Phi3EdgeError(f"--calibration applies to --quant-algo {' or '.join(CALIBRATED_ALGOS)} and to "
+                                f"--mixed-precision, not {request.quant.algo}", request.calibration)
         return None
     from phi3_edge.reference.export_calibration import calibrator
 

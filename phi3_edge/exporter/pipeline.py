@@ -83,8 +83,8 @@ def export_artifact(request: ExportRequest, target: Target, measure: MeasureFide
 def _calibrate(spec: Phi3Spec, checkpoint: Checkpoint, recipe: QuantRecipe,
                calibrate: Calibrate | None) -> Calibration:
     """The calibration pass a GPTQ or AWQ body needs (the recipe alone for the other algorithms)."""
-    if recipe.body is None or recipe.body.algo not in CALIBRATED_ALGOS:
-        return uncalibrated(recipe)
+    if recipe.body is None or (recipe.body.algo not in CALIBRATED_ALGOS and recipe.size_budget is None):
+        return uncalibrated(recipe)  # neither a calibrated body nor measured mixed precision
     if calibrate is None:
         raise Phi3EdgeError(f"--quant-algo {recipe.body.algo} needs a calibration pass; export through phi3_edge.api")
     return calibrate(spec, checkpoint, recipe)

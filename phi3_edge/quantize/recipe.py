@@ -6,17 +6,19 @@
 
 A `LinearRecipe` is one MatMulNBits recipe (bits, block, accuracy level, zero points, algorithm); None stands
 for float weights. `QuantRecipe.for_tensor(name)` answers per checkpoint tensor, so overrides (mixed precision's
-int8 down projections) are data too. Nothing here reads weights or builds graphs: pure data and validation,
-importing only the target table and errors.
+int8 tensors) are data too. Mixed precision is measured, not a fixed layer rule: decide_recipe records the byte
+budget (`size_budget`), the calibration pass measures each tensor's int4/int8 error (reference/
+sensitivity_pass.py) and `widen` turns its choice into the recipe as applied. Nothing here reads weights or
+builds graphs: pure data and validation, importing only the target table and errors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.quantize.blockwise import check_bits_and_block
-from phi3_edge.quantize.mixed import down_proj_name, uses_more_bits
 from phi3_edge.targets.table import Target
 
 ALGOS = ("rtn", "hqq")
@@ -32,6 +34,9 @@ ZERO_POINT_FORMATS = ("none", "uint", "float")  # LinearRecipe.zero_points
 LM_HEAD_CHOICES = ("float", "int8", "int4")
 EMBEDDING_CHOICES = ("float", "quantized")
 DEFAULT_BITS, DEFAULT_BLOCK = 4, 32  # a quantized head/table on a float target
+# --mixed-precision without --size-budget: 5 % over the plain export's weight bytes (llama.cpp's fixed
+# use_more_bits rule costs ~7 % on SmolLM2-135M's int4 body, about the same on Phi-3-mini).
+DEFAULT_SIZE_BUDGET = 1.05
 
 
 class RecipeError(Phi3EdgeError, ValueError):
@@ -91,7 +96,8 @@ class QuantOptions:
     """What a user can ask for beyond the target (the CLI's --quant-algo, --mixed-precision, ...)."""
 
     algo: str = "rtn"
-    mixed_precision: bool = False  # int8 down projections where int4 hurts most (quantize/mixed.py)
+    mixed_precision: bool = False  # int8 for the tensors whose measured int4 error costs most per byte
+    size_budget: float | None = None  # mixed precision's byte budget: a factor of the plain export's weight bytes
     lm_head: str | None = None  # None: as the body | "float" | "int8" | "int4"
     embeddings: str | None = None  # None: quantized iff tied and lm_head quantized | "float" | "quantized"
 
@@ -114,6 +120,7 @@ class QuantRecipe:
     lm_head: LinearRecipe | None = None  # None = float MatMul
     embeddings: LinearRecipe | None = None  # None = float Gather; else GatherBlockQuantized (always RTN)
     shared_table: bool = False  # tied: lm_head's MatMulNBits reads the embedding table's initializers
+    size_budget: float | None = None  # measured mixed precision within this factor of the plain bytes (None: off)
 
     def for_tensor(self, hf_name: str) -> LinearRecipe | None:
         """The recipe of one body Linear weight, by its checkpoint name."""
@@ -135,13 +142,19 @@ class QuantRecipe:
             return None if recipe is None else asdict(recipe)
 
         return {"body": one(self.body), "overrides": {name: one(r) for name, r in self.overrides},
-                "lm_head": one(self.lm_head), "embeddings": one(self.embeddings), "shared_table": self.shared_table}
+                "lm_head": one(self.lm_head), "embeddings": one(self.embeddings), "shared_table": self.shared_table,
+                "size_budget": self.size_budget}
 
 
 def check_options(target: Target, options: QuantOptions) -> None:
     """Everything decide_recipe would reject without knowing the model: call it before fetching a checkpoint."""
     _body(target, options)
     _lm_head(target, options, None)
+    budget = options.size_budget
+    if budget is not None and not options.mixed_precision:
+        raise RecipeError("--size-budget is the byte budget of --mixed-precision; add --mixed-precision")
+    if budget is not None and not budget >= 1.0:  # also NaN
+        raise RecipeError(f"--size-budget must be >= 1.0 (a factor of the plain export's weight bytes), got {budget}")
     if options.embeddings not in (None, *EMBEDDING_CHOICES):
         raise RecipeError(f"--embeddings must be one of {', '.join(EMBEDDING_CHOICES)}, got {options.embeddings!r}")
 
@@ -153,7 +166,7 @@ def decide_recipe(target: Target, options: QuantOptions, model: ModelShape) -> Q
     head = _lm_head(target, options, body)
     table = _table(target, options, model, head)
     shared = table is not None and model.tied and head is not None
-    return QuantRecipe(body, _mixed_overrides(target, options, model, body), table if shared else head, table, shared)
+    return QuantRecipe(body, (), table if shared else head, table, shared, _size_budget(options, body))
 
 
 def _body(target: Target, options: QuantOptions) -> LinearRecipe | None:
@@ -170,14 +183,34 @@ def _body(target: Target, options: QuantOptions) -> LinearRecipe | None:
     return LinearRecipe(target.bits, target.block_size, target.accuracy_level or 0, symmetric, options.algo)
 
 
-def _mixed_overrides(target: Target, options: QuantOptions, model: ModelShape,
-                     body: LinearRecipe | None) -> tuple[tuple[str, LinearRecipe], ...]:
-    """Mixed precision applies to a body narrower than 8 bits; HQQ's float zero points do not exist at 8 bits."""
+def _size_budget(options: QuantOptions, body: LinearRecipe | None) -> float | None:
+    """Mixed precision applies to a body narrower than 8 bits; the calibration pass then measures the choice."""
     if not options.mixed_precision or body is None or body.bits >= 8:
-        return ()
-    wide = LinearRecipe(8, body.block_size, body.accuracy_level, target.symmetric, "rtn")
-    return tuple((down_proj_name(layer), wide) for layer in range(model.num_layers)
-                 if uses_more_bits(layer, model.num_layers))
+        return None
+    return options.size_budget or DEFAULT_SIZE_BUDGET
+
+
+def wide_recipe(narrow: LinearRecipe) -> LinearRecipe:
+    """What mixed precision widens a tensor to: int8 RTN, same block and zero-point choice (HQQ's float zero
+    points do not exist at 8 bits on ORT's CPU kernel, so an HQQ tensor widens to RTN with uint8 zero points)."""
+    return LinearRecipe(8, narrow.block_size, narrow.accuracy_level, narrow.symmetric, "rtn")
+
+
+def widen(recipe: QuantRecipe, names: Sequence[str], table_name: str | None = None) -> QuantRecipe:
+    """The recipe with `names` (body Linears) at int8; `table_name` among them widens lm_head (and its shared
+    table). Names keep the order given (the measured order: most error removed per byte first)."""
+    body_names = [n for n in names if n != table_name]
+    overrides = dict(recipe.overrides)
+    for name in body_names:
+        narrow = recipe.for_tensor(name)
+        if narrow is None:
+            raise RecipeError(f"{name}: a float tensor cannot be widened to int8")
+        overrides[name] = wide_recipe(narrow)
+    head, table = recipe.lm_head, recipe.embeddings
+    if table_name is not None and table_name in names and head is not None:
+        head = wide_recipe(head)
+        table = head if recipe.shared_table else table
+    return replace(recipe, overrides=tuple(overrides.items()), lm_head=head, embeddings=table)
 
 
 def _lm_head(target: Target, options: QuantOptions, body: LinearRecipe | None) -> LinearRecipe | None:

@@ -45,13 +45,29 @@ def choose_wide(candidates: Sequence[Candidate], budget_bytes: int) -> list[str]
     return chosen
 
 
+def output_energy(w: np.ndarray, h: np.ndarray) -> float:
+    """tr(W H W^T) = sum over the calibration inputs x of |W x|^2, for H = sum x^T x."""
+    w64 = w.astype(np.float64)  # (N, K)
+    return float(np.sum((w64 @ h.astype(np.float64)) * w64))
+
+
 def relative_output_error(w: np.ndarray, w_hat: np.ndarray, h: np.ndarray) -> float:
     """tr(dW H dW^T) / tr(W H W^T): the output error energy on the calibration inputs, relative to the output's."""
-    d = (w - w_hat).astype(np.float64)  # (N, K)
-    w64 = w.astype(np.float64)
-    h64 = h.astype(np.float64)
-    signal = float(np.einsum("nk,kl,nl->", w64, h64, w64))
-    return float(np.einsum("nk,kl,nl->", d, h64, d)) / signal if signal else 0.0
+    signal = output_energy(w, h)
+    return output_energy(w - w_hat.astype(np.float64), h) / signal if signal else 0.0
+
+
+def matmul_nbits_bytes(n: int, k: int, bits: int, block_size: int, zero: str = "none",
+                       scale_bytes: int = 4) -> int:
+    """Initializer bytes of one MatMulNBits weight (N, K): codes (K padded to whole blocks), scales, zero points.
+
+    zero: "none" (symmetric), "uint" (packed bits-wide codes per block, rows padded to whole bytes) or "float"
+    (HQQ's, one scale-sized value per block).
+    """
+    blocks = -(-k // block_size)
+    codes = n * blocks * block_size * bits // 8
+    zeros = {"none": 0, "uint": n * -(-blocks * bits // 8), "float": n * blocks * scale_bytes}[zero]
+    return codes + n * blocks * scale_bytes + zeros
 
 
 def budget_bytes(narrow_model_bytes: int, size_budget: float) -> int:

@@ -3,6 +3,8 @@
     calibration text (built-in | --calibration FILE) ─► checkpoint's tokenizer.json ─► windows (calibrate.py)
         ─► over the streamed reference, one layer at a time ─┬─ gptq_calibrate ─► CalibratedBlocks ─► export_graph
                                                               └─ awq_calibrate  ─► AwqScales (folded on read)
+    --mixed-precision (any body algorithm) first: sensitivity_pass.measured_recipe ─► the recipe with the measured
+    int8 tensors, which the GPTQ/AWQ passes then follow (Calibration.recipe; manifest "mixed_precision" record)
 
 api injects `calibrator(request)` into the export pipeline (the exporter never imports this layer); the text
 is read and checked when the calibrator is made, before the checkpoint is fetched, so a bad file fails in one
@@ -31,6 +33,7 @@ from phi3_edge.quantize.calibration import Calibration
 from phi3_edge.quantize.recipe import LinearRecipe, QuantRecipe
 from phi3_edge.reference import calibrate as cal
 from phi3_edge.reference.checkpoint_side import CheckpointSide
+from phi3_edge.reference.sensitivity_pass import measured_recipe
 
 BUILTIN = "built-in"  # manifest.json's calibration "source" for the package's own text
 
@@ -44,18 +47,23 @@ def calibrator(path: Path | None, progress: bool | None) -> Calibrator:
         "source": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
     def run(spec: Phi3Spec, checkpoint: Checkpoint, recipe: QuantRecipe) -> Calibration:
-        assert recipe.body is not None  # the pipeline calls this for a calibrated body only
+        assert recipe.body is not None  # the pipeline calls this for a calibrated body or mixed precision only
         sequences = cal.sequences_of(_tokenizer(checkpoint)(text), _window(spec))
         if not sequences:
             raise cal.CalibrationError(f"{path or BUILTIN}: the calibration text is under 16 tokens")
         algo = recipe.body.algo
         record = {**source, "algo": algo, "tokens": sum(len(s) for s in sequences)}
-        with CheckpointSide(spec, checkpoint.weight_files) as side, _progress(progress, spec.num_layers,
-                                                                               algo) as step:
-            if algo == "awq":
-                scales = _awq_scales(side, sequences, recipe, step)
-                return Calibration(recipe, scales=scales, record={**record, "awq": scales.to_json()})
-            return Calibration(recipe, blocks=_gptq_blocks(side, sequences, recipe, step), record=record)
+        with CheckpointSide(spec, checkpoint.weight_files) as side:
+            if recipe.size_budget is not None:  # --mixed-precision: measure what to widen, for any body algorithm
+                with _progress(progress, spec.num_layers, "int8 sensitivity") as step:
+                    recipe, record["mixed_precision"] = measured_recipe(side, sequences, recipe, step)
+            if algo not in ("awq", "gptq"):
+                return Calibration(recipe, record=record)  # rtn/hqq: the measured recipe is all this pass gives
+            with _progress(progress, spec.num_layers, algo) as step:
+                if algo == "awq":
+                    scales = _awq_scales(side, sequences, recipe, step)
+                    return Calibration(recipe, scales=scales, record={**record, "awq": scales.to_json()})
+                return Calibration(recipe, blocks=_gptq_blocks(side, sequences, recipe, step), record=record)
 
     return run
 

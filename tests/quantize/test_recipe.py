@@ -8,8 +8,16 @@ import pytest
 
 from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.quantize import QUANT_ALGOS
-from phi3_edge.quantize.mixed import uses_more_bits
-from phi3_edge.quantize.recipe import LinearRecipe, ModelShape, QuantOptions, RecipeError, decide_recipe
+from phi3_edge.quantize.recipe import (
+    DEFAULT_SIZE_BUDGET,
+    LinearRecipe,
+    ModelShape,
+    QuantOptions,
+    RecipeError,
+    decide_recipe,
+    wide_recipe,
+    widen,
+)
 from phi3_edge.targets.table import TARGETS
 
 UNTIED = ModelShape(num_layers=8, hidden_size=64, tied=False)
@@ -63,22 +71,47 @@ def test_hqq_on_an_8_bit_target_and_unknown_options_fail_before_any_weight() -> 
         decide_recipe(INT4, QuantOptions(embeddings="quantized"), ModelShape(2, 80, False))
 
 
-def test_mixed_precision_is_per_tensor_overrides() -> None:
+def test_mixed_precision_is_a_measured_choice_within_a_byte_budget() -> None:
+    """decide_recipe records the budget (the calibration pass measures what to widen); widen applies the choice."""
     recipe = decide_recipe(INT4, QuantOptions(mixed_precision=True), UNTIED)
-    wide = [layer for layer in range(8) if uses_more_bits(layer, 8)]
-    assert [name for name, _ in recipe.overrides] == [f"model.layers.{i}.mlp.down_proj.weight" for i in wide]
-    for layer in range(8):
-        chosen = recipe.for_tensor(f"model.layers.{layer}.mlp.down_proj.weight")
-        assert chosen is not None and chosen.bits == (8 if layer in wide else 4)
-        assert recipe.for_tensor(f"model.layers.{layer}.mlp.gate_up_proj.weight") == recipe.body
-    assert recipe.name == "rtn+int8-mixed"
-    assert recipe.lm_head == recipe.body  # the head is not a down projection
-    manifest = recipe.to_json()
-    assert set(manifest["overrides"]) == {name for name, _ in recipe.overrides}  # type: ignore[arg-type]
-    # where mixed precision does not apply, the recipe says so (no overrides, plain name)
+    assert recipe.overrides == () and recipe.size_budget == DEFAULT_SIZE_BUDGET and recipe.name == "rtn"
+    assert decide_recipe(INT4, QuantOptions(mixed_precision=True, size_budget=1.2), UNTIED).size_budget == 1.2
+    assert decide_recipe(INT4, QuantOptions(), UNTIED).size_budget is None
+    chosen = ["model.layers.7.mlp.gate_up_proj.weight", "model.layers.3.self_attn.qkv_proj.weight"]
+    wide = widen(recipe, chosen)
+    assert [name for name, _ in wide.overrides] == chosen  # the measured order, kept
+    for name in chosen:
+        assert wide.for_tensor(name) == LinearRecipe(8, 32, recipe.body.accuracy_level, True, "rtn")  # type: ignore
+    assert wide.for_tensor("model.layers.7.mlp.down_proj.weight") == recipe.body
+    assert wide.name == "rtn+int8-mixed" and wide.lm_head == recipe.lm_head  # the head was not chosen
+    assert set(wide.to_json()["overrides"]) == set(chosen)  # type: ignore[arg-type]
+    assert wide.to_json()["size_budget"] == DEFAULT_SIZE_BUDGET
+    # where mixed precision does not apply, the recipe says so (no budget, nothing to measure)
     for target in ("cpu-int8", "cpu-fp32"):
         plain = decide_recipe(TARGETS[target], QuantOptions(mixed_precision=True), UNTIED)
-        assert plain.overrides == () and plain.name != "rtn+int8-mixed"
+        assert plain.overrides == () and plain.size_budget is None
+
+
+def test_widening_the_tied_table_widens_the_shared_head_too() -> None:
+    recipe = decide_recipe(INT4, QuantOptions(mixed_precision=True), TIED)
+    wide = widen(recipe, ["model.embed_tokens.weight"], table_name="model.embed_tokens.weight")
+    assert wide.overrides == () and wide.shared_table
+    assert wide.lm_head is not None and wide.lm_head.bits == 8 and wide.embeddings == wide.lm_head
+    untied = widen(decide_recipe(INT4, QuantOptions(mixed_precision=True), UNTIED), ["lm_head.weight"],
+                   table_name="lm_head.weight")
+    assert untied.lm_head is not None and untied.lm_head.bits == 8 and untied.embeddings is None
+    hqq = decide_recipe(INT4, QuantOptions(algo="hqq", mixed_precision=True), UNTIED)
+    assert wide_recipe(hqq.body) == LinearRecipe(8, 32, hqq.body.accuracy_level, False, "rtn")  # type: ignore
+
+
+def test_bad_size_budgets_are_one_line_errors() -> None:
+    cases = [(QuantOptions(mixed_precision=True, size_budget=0.9), "--size-budget must be >= 1.0"),
+             (QuantOptions(mixed_precision=True, size_budget=float("nan")), "--size-budget must be >= 1.0"),
+             (QuantOptions(size_budget=1.1), "add --mixed-precision")]
+    for options, message in cases:
+        with pytest.raises(RecipeError, match=message) as caught:
+            decide_recipe(INT4, options, UNTIED)
+        assert "\n" not in str(caught.value)
 
 
 def test_tied_models_share_one_quantized_table_with_mixed_precision_too() -> None:

@@ -1,0 +1,202 @@
+"""Measured sensitivity: what int4 vs int8 costs for each body Linear and for the tied table, on calibration text.
+
+    calibration windows ─► embed ─► layer 0 ─► layer 1 ─► ...            (the stream runs the *narrow* layers)
+                                     │ per layer, from the same input states:
+                                     │   fp32 layer ─► reference output r
+                                     │   all narrow ─► output n            error e_n = n - r
+                                     │   one tensor wide, rest narrow ─► w_i   error e_i = w_i - r   (x 4 Linears)
+                                     ▼
+                         final stream s, final norm weight g ─► every error scored in one unit (below)
+
+The unit, comparable across tensors: the error energy each layer adds to the residual stream, as the final
+RMSNorm weighs it (first order: an error written into the residual stream is carried to the last layer,
+then scaled by g / rms(s_t) like the stream itself), relative to the energy of the normalised final state:
+
+    score(e) = sum_t |e_t * g|^2 / rms(s_t)^2  /  sum_t |s_t * g|^2 / rms(s_t)^2
+
+The tied table is one candidate for both of its uses: its embedding-row error enters the stream at layer 0
+(scored the same way) and its lm_head error is tr(dW H dW^T) / tr(W H W^T) with H = sum x^T x over the final
+normalised states x: the relative error energy of the logits, the same kind of ratio one step further on.
+A layer-local measure (tr(dW H dW^T) / tr(W H W^T) per Linear) is not comparable across tensors: a q/k/v
+error is filtered by the softmax, a down_proj error reaches the stream whole, and layers differ in scale.
+
+Cost: six layer runs per layer (fp32, narrow, four widened) over the calibration windows; memory: the states,
+one layer's weights in three forms, and T floats per candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from phi3_edge.exporter.config import Phi3Spec
+from phi3_edge.quantize.blockwise import dequantize, quantize_hqq, quantize_rtn
+from phi3_edge.quantize.recipe import LinearRecipe, QuantRecipe, wide_recipe, widen
+from phi3_edge.quantize.sensitivity import Candidate, budget_bytes, choose_wide, matmul_nbits_bytes, output_energy
+from phi3_edge.reference import calibrate as cal
+from phi3_edge.reference.checkpoint_side import EMBED_NAME, CheckpointSide, WeightMap, final_norm
+from phi3_edge.reference.state import State
+
+HEAD_ROWS = 4096  # table rows per step of the lm_head error (a (rows, H) float64 difference at a time)
+
+
+@dataclass
+class Sensitivity:
+    """Every candidate's measured score at both widths, and the bytes of the all-narrow weights."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    plain_bytes: int = 0  # weight bytes of the export without widening (quantized tensors + float norms)
+    table: str | None = None  # the table / lm_head candidate's name, if there is one
+
+
+def quantizer(recipe: LinearRecipe) -> Callable[[np.ndarray], np.ndarray]:
+    """The dequantized weights a recipe gives (calibrated algorithms measured with their RTN grid)."""
+    if recipe.algo == "hqq":
+        return lambda w: dequantize(quantize_hqq(w, recipe.bits, recipe.block_size))
+    return lambda w: dequantize(quantize_rtn(w, recipe.bits, recipe.block_size, recipe.symmetric))
+
+
+def zero_kind(recipe: LinearRecipe) -> str:
+    return "none" if recipe.symmetric else ("float" if recipe.algo == "hqq" else "uint")
+
+
+def recipe_bytes(n: int, k: int, recipe: LinearRecipe | None) -> int:
+    return n * k * 4 if recipe is None else matmul_nbits_bytes(n, k, recipe.bits, recipe.block_size,
+                                                                 zero_kind(recipe))
+
+
+def linear_shapes(spec: Phi3Spec, layer: int) -> dict[str, tuple[int, int]]:
+    """(N, K) of a layer's Linears, by checkpoint name (packed qkv and gate_up, as the reference plans them)."""
+    q, kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+    h, i = spec.hidden_size, spec.intermediate_size
+    qkv, o, gate_up, down = cal.linear_names(layer)
+    return {qkv: (q + 2 * kv, h), o: (h, q), gate_up: (2 * i, h), down: (h, i)}
+
+
+def _stream(state: State) -> np.ndarray:
+    """The residual stream after a layer: (S, H) = hidden + residual."""
+    out: np.ndarray = state.hidden[0] if state.residual is None else state.hidden[0] + state.residual[0]
+    return out
+
+
+def _weighted_error(out: Sequence[State], ref: Sequence[State], g2: np.ndarray) -> np.ndarray:
+    """Per token |(out - ref) * g|^2 over all sequences: (T,)."""
+    return np.concatenate([((_stream(a) - _stream(b)).astype(np.float64) ** 2) @ g2 for a, b in zip(out, ref,
+                                                                                                     strict=True)])
+
+
+def measure_sensitivity(side: CheckpointSide, sequences: Sequence[Sequence[int]], recipe: QuantRecipe,
+                        on_layer: Callable[[int], None] | None = None, base: WeightMap | None = None) -> Sensitivity:
+    """Scores of every body Linear the recipe quantizes below 8 bits, and of the table/lm_head (see module doc).
+
+    `base`: the float weights to start from instead of the checkpoint's (AWQ's folded ones). `side` must carry
+    no weight_map of its own: this installs one substituting the layer being measured."""
+    spec = side.spec
+    start = base or (lambda name, rows: rows)
+    g = start("model.norm.weight", side.store.read_rows(side.store.info("model.norm.weight", (spec.hidden_size,)),
+                                                          0, spec.hidden_size))
+    g2 = g.astype(np.float64) ** 2  # (H,)
+    current: dict[str, np.ndarray] = {}
+    side.weight_map = lambda name, rows: current[name] if name in current else start(name, rows)
+    states = [side.embed(ids) for ids in sequences]
+    narrow_err: dict[str, np.ndarray] = {}  # candidate -> (T,) weighted error with it narrow
+    wide_err: dict[str, np.ndarray] = {}
+    extra: dict[str, int] = {}
+    plain = 0
+    try:
+        for layer in range(side.num_layers):
+            current.clear()
+            reference = side.run_layer(layer, states)
+            weights, narrow, wide = {}, {}, {}
+            for name, (n, k) in linear_shapes(spec, layer).items():
+                chosen = recipe.for_tensor(name)
+                plain += recipe_bytes(n, k, chosen)
+                if chosen is None or chosen.bits >= 8:
+                    continue
+                weights[name] = start(name, side.store.read_rows(side.store.info(name, (n, k)), 0, n))  # (N, K)
+                narrow[name] = quantizer(chosen)(weights[name])
+                wide[name] = quantizer(wide_recipe(chosen))(weights[name])
+                extra[name] = recipe_bytes(n, k, wide_recipe(chosen)) - recipe_bytes(n, k, chosen)
+            current.update(narrow)
+            out_narrow = side.run_layer(layer, states)
+            all_narrow = _weighted_error(out_narrow, reference, g2)
+            for name in narrow:
+                current.update({**narrow, name: wide[name]})
+                narrow_err[name] = all_narrow
+                wide_err[name] = _weighted_error(side.run_layer(layer, states), reference, g2)
+            states = out_narrow
+            if on_layer is not None:
+                on_layer(layer)
+        current.clear()
+        result = Sensitivity()
+        normed = [final_norm(state, g, spec.rms_norm_eps) for state in states]  # (S, H) each
+        inv_rms2 = np.concatenate([(_stream(s).astype(np.float64) ** 2).mean(axis=-1) + spec.rms_norm_eps
+                                   for s in states]) ** -1.0  # (T,)
+        total = sum(float(np.sum(x.astype(np.float64) ** 2)) for x in normed)  # |normalised final states|^2
+        for name in narrow_err:
+            result.candidates.append(Candidate(name, float(narrow_err[name] @ inv_rms2) / total,
+                                               float(wide_err[name] @ inv_rms2) / total, extra[name]))
+        plain += 4 * spec.hidden_size * (2 * spec.num_layers + 1)  # the norms stay float
+        plain += _table_candidate(side, recipe, sequences, normed, g2, inv_rms2, total, result)
+        result.plain_bytes = plain
+        return result
+    finally:
+        side.weight_map = None
+
+
+def _table_candidate(side: CheckpointSide, recipe: QuantRecipe, sequences: Sequence[Sequence[int]],
+                     normed: Sequence[np.ndarray], g2: np.ndarray, inv_rms2: np.ndarray, total: float,
+                     result: Sensitivity) -> int:
+    """Adds the table / lm_head candidate (when lm_head is quantized below 8 bits); returns their plain bytes."""
+    spec = side.spec
+    v, h = spec.vocab_size, spec.hidden_size
+    head = recipe.lm_head
+    plain = recipe_bytes(v, h, head) + (0 if recipe.shared_table else recipe_bytes(v, h, recipe.embeddings))
+    if head is None or head.bits >= 8:
+        return plain
+    name = EMBED_NAME if spec.tie_word_embeddings else "lm_head.weight"
+    info = side.store.info(name, (v, h))
+    hess = sum(x.astype(np.float64).T @ x.astype(np.float64) for x in normed)  # (H, H)
+    seen = sorted({i for ids in sequences for i in ids})
+    errors = []
+    for chosen in (head, wide_recipe(head)):
+        noise = signal = 0.0
+        rows: dict[int, np.ndarray] = {}  # token id -> its embedding row's quantization error (H,)
+        for start in range(0, v, HEAD_ROWS):
+            w = side.store.read_rows(info, start, min(v, start + HEAD_ROWS))  # (rows, H)
+            d = quantizer(chosen)(w) - w
+            noise += output_energy(d, hess)
+            signal += output_energy(w, hess)
+            if recipe.shared_table:  # widening the shared table also removes its embedding-row error
+                rows.update({i: d[i - start] for i in seen if start <= i < start + len(w)})
+        error = noise / signal if signal else 0.0
+        if rows:
+            embed = np.concatenate([(np.stack([rows[i] for i in ids]).astype(np.float64) ** 2) @ g2
+                                    for ids in sequences])  # (T,): the error entering the stream at layer 0
+            error += float(embed @ inv_rms2) / total
+        errors.append(error)
+    extra = recipe_bytes(v, h, wide_recipe(head)) - recipe_bytes(v, h, head)
+    result.candidates.append(Candidate(name, errors[0], errors[1], extra))
+    result.table = name
+    return plain
+
+
+def measured_recipe(side: CheckpointSide, sequences: Sequence[Sequence[int]], recipe: QuantRecipe,
+                    on_layer: Callable[[int], None] | None = None) -> tuple[QuantRecipe, dict[str, Any]]:
+    """--mixed-precision: the recipe with the measured choice widened to int8 within recipe.size_budget, and
+    manifest.json's record of it (the budget, the bytes, each chosen tensor with its measured gain)."""
+    assert recipe.size_budget is not None  # called for a mixed-precision recipe only
+    measured = measure_sensitivity(side, sequences, recipe, on_layer)
+    allowed = budget_bytes(measured.plain_bytes, recipe.size_budget)
+    chosen = choose_wide(measured.candidates, allowed)
+    by_name = {c.name: c for c in measured.candidates}
+    record = {"size_budget": recipe.size_budget, "plain_weight_bytes": measured.plain_bytes,
+              "budget_bytes": allowed, "extra_bytes": sum(by_name[n].extra_bytes for n in chosen),
+              "metric": "first-order error energy of the normalised final state (reference/sensitivity_pass.py)",
+              "candidates": len(measured.candidates),
+              "chosen": [{"tensor": n, "int4_error": by_name[n].narrow_error, "int8_error": by_name[n].wide_error,
+                          "extra_bytes": by_name[n].extra_bytes} for n in chosen]}
+    return widen(recipe, chosen, measured.table), record

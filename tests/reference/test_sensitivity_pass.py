@@ -1,0 +1,93 @@
+"""The measured sensitivity pass: int4 vs int8 scores per body Linear and for the table, on the streamed reference."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from phi3_edge.exporter.build import model_shape
+from phi3_edge.exporter.checkpoint import resolve_checkpoint
+from phi3_edge.exporter.config import load_spec
+from phi3_edge.quantize.recipe import QuantOptions, decide_recipe
+from phi3_edge.quantize.sensitivity import budget_bytes, choose_wide, matmul_nbits_bytes
+from phi3_edge.reference import calibrate as cal
+from phi3_edge.reference.checkpoint_side import EMBED_NAME, CheckpointSide
+from phi3_edge.reference.sensitivity_pass import Sensitivity, linear_shapes, measure_sensitivity
+from phi3_edge.targets.table import TARGETS
+
+PLANTED = "model.layers.0.mlp.down_proj.weight"
+
+
+def windows(vocab: int) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, vocab, 48).tolist() for _ in range(3)]
+
+
+def measure(folder: Path) -> tuple[Sensitivity, int]:
+    checkpoint = resolve_checkpoint(str(folder))
+    spec = load_spec(checkpoint.config_path)
+    recipe = decide_recipe(TARGETS["cpu-int4"], QuantOptions(mixed_precision=True), model_shape(spec))
+    with CheckpointSide(spec, checkpoint.weight_files) as side:
+        measured = measure_sensitivity(side, windows(spec.vocab_size), recipe)
+        assert side.weight_map is None  # the pass's substitution does not outlive it
+    return measured, spec.num_layers
+
+
+def test_every_int4_tensor_and_the_table_is_a_candidate_with_its_int8_bytes(tiny_checkpoint) -> None:
+    folder = tiny_checkpoint("partial_tied_wide")
+    measured, layers = measure(folder)
+    spec = load_spec(folder / "config.json")
+    shapes = {name: nk for layer in range(layers) for name, nk in linear_shapes(spec, layer).items()}
+    by_name = {c.name: c for c in measured.candidates}
+    assert set(by_name) == set(shapes) | {EMBED_NAME} and measured.table == EMBED_NAME  # tied: one table
+    for name, (n, k) in {**shapes, EMBED_NAME: (spec.vocab_size, spec.hidden_size)}.items():
+        assert by_name[name].extra_bytes == matmul_nbits_bytes(n, k, 8, 32) - matmul_nbits_bytes(n, k, 4, 32)
+        assert by_name[name].wide_error < by_name[name].narrow_error  # int8 measured closer to fp32 than int4
+    table = matmul_nbits_bytes(spec.vocab_size, spec.hidden_size, 4, 32)
+    norms = 4 * spec.hidden_size * (2 * layers + 1)
+    assert measured.plain_bytes == sum(matmul_nbits_bytes(n, k, 4, 32) for n, k in shapes.values()) + table + norms
+
+
+def test_a_planted_sensitive_tensor_is_chosen_first(tiny_checkpoint, tmp_path: Path) -> None:
+    """A function-preserving plant: one MLP channel's down_proj column x100 and its up row / 100 leave the fp32
+    model as it was, but every int4 block holding that column now rounds its 31 neighbours on a far coarser
+    grid (int8 still resolves them): that down projection must lead the measured gain per byte."""
+    source = tiny_checkpoint("gqa")
+    planted = tmp_path / "planted"
+    shutil.copytree(source, planted)
+    tensors = load_file(str(planted / "model.safetensors"))
+    down, gate_up = tensors[PLANTED].copy(), tensors[PLANTED.replace("down_proj", "gate_up_proj")].copy()
+    inter = down.shape[1]
+    down[:, 0] *= 100  # (H, I): channel 0's column
+    gate_up[inter] /= 100  # (2I, H): gate rows then up rows; act_0 = silu(gate_0) * up_0 shrinks 100x
+    save_file({**tensors, PLANTED: down, PLANTED.replace("down_proj", "gate_up_proj"): gate_up},
+              str(planted / "model.safetensors"), metadata={"format": "pt"})
+    measured, _ = measure(planted)
+    best = max(measured.candidates, key=lambda c: c.gain_per_byte)
+    assert best.name == PLANTED
+    assert choose_wide(measured.candidates, best.extra_bytes)[0] == PLANTED
+    plain, _ = measure(source)
+    assert max(plain.candidates, key=lambda c: c.gain_per_byte).name != PLANTED  # the planting made it so
+
+
+def test_choice_stays_within_the_budget(tiny_checkpoint) -> None:
+    measured, _ = measure(tiny_checkpoint("gqa"))
+    extra = {c.name: c.extra_bytes for c in measured.candidates}
+    for factor in (1.0, 1.05, 1.2, 2.0):
+        allowed = budget_bytes(measured.plain_bytes, factor)
+        chosen = choose_wide(measured.candidates, allowed)
+        assert sum(extra[n] for n in chosen) <= allowed
+    assert choose_wide(measured.candidates, budget_bytes(measured.plain_bytes, 1.0)) == []
+    assert set(choose_wide(measured.candidates, budget_bytes(measured.plain_bytes, 3.0))) == set(extra)
+
+
+def test_linear_shapes_match_the_checkpoint(tiny_checkpoint) -> None:
+    checkpoint = resolve_checkpoint(str(tiny_checkpoint("gqa")))
+    spec = load_spec(checkpoint.config_path)
+    with CheckpointSide(spec, checkpoint.weight_files) as side:
+        for name, (n, _k) in linear_shapes(spec, 0).items():
+            assert side.store.rows_of(name) == n
+    assert list(linear_shapes(spec, 1)) == cal.linear_names(1)
