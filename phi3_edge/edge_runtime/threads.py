@@ -40,18 +40,29 @@ OPTIMIZATION_LEVELS = {
 class SessionTuning:
     """The session options a decode step's speed depends on, beside the thread count.
 
-    The defaults are the measured choice (bench/session_ab.py, mini-8l cpu-int4, 2 threads, ratios of decode
-    ms/token against these defaults in one interleaved run; see the figures beside each field). Other values
-    exist for that bench and for a deployment that measures its own machine.
+    The defaults are the measured choice: bench/session_ab.py on mini-8l cpu-int4 (Phi-3-mini shapes, 8 of 32
+    layers), 2 threads, prompt 128, 32 new tokens, on a shared 2-core machine; each figure is the median over
+    interleaved rounds of (variant / ORT's defaults) in the same round, three runs at load averages ~3, ~10
+    and ~14. Only spinning moved decode beyond the noise, in the same direction every time; everything else
+    stays at onnxruntime's default. Other values exist for that bench and for a deployment that measures its
+    own machine (a dedicated, quiet one may prefer spinning: re-run the bench there).
     """
 
-    spinning: bool = True  # idle pool threads spin before sleeping: a decode step is ~500 short kernels
-    spin_duration_us: int | None = None  # None: ORT's own spin count
-    dynamic_block_base: int = 0  # 0: ORT's static split of a parallel loop; > 0: dynamic blocks of that base
-    pin_threads: bool = False  # pin the pool's threads to one logical CPU each (session.intra_op_thread_affinities)
-    cpu_arena: bool = True
-    mem_pattern: bool = True
-    optimization: str = "all"  # OPTIMIZATION_LEVELS key
+    # No spinning: decode ms/token 0.60x, 0.95x, 0.70x of spinning (TTFT 0.92x, 1.31x, 0.90x). A spinning
+    # pool thread keeps its core busy between kernels and between steps; where the cores are shared (a phone,
+    # a laptop, other processes) that core is taken from the thread doing the work. It also burns power.
+    spinning: bool = False
+    # With spinning, None: ORT's own spin time; 100 us: 0.57x, 1.24x (noise); spinning only inside a run
+    # (session.force_spinning_stop): 1.49x, 1.10x (no gain)
+    spin_duration_us: int | None = None
+    # 0: ORT's static split of a parallel loop; 4 (dynamic blocks): 0.91x, 1.59x, 0.96x (noise, no gain)
+    dynamic_block_base: int = 0
+    # Pin each pool thread beyond the caller's to one logical CPU (session.intra_op_thread_affinities):
+    # 1.00x, 1.52x (no gain; pinning also fights the scheduler on a shared machine)
+    pin_threads: bool = False
+    cpu_arena: bool = True  # off: 0.95x, 1.46x (no gain)
+    mem_pattern: bool = True  # off: 0.96x, 1.95x (no gain)
+    optimization: str = "all"  # OPTIMIZATION_LEVELS key; "extended": 0.91x, 1.37x (no gain)
     extra: tuple[tuple[str, str], ...] = ()  # more session config entries, verbatim (bench experiments)
 
 

@@ -12,13 +12,13 @@ from phi3_edge.edge_runtime.model import EdgeModel
 from phi3_edge.edge_runtime.threads import SessionTuning, session_options, thread_affinities
 
 VARIANTS = [
-    SessionTuning(spinning=False),
-    SessionTuning(spin_duration_us=100, dynamic_block_base=4, pin_threads=True),
+    SessionTuning(spinning=True),
+    SessionTuning(spinning=True, spin_duration_us=100, dynamic_block_base=4, pin_threads=True),
     SessionTuning(cpu_arena=False, mem_pattern=False, optimization="extended"),
 ]
 
 
-@pytest.mark.parametrize("tuning", VARIANTS, ids=["no-spin", "spin-dynamic-pinned", "no-arena-extended"])
+@pytest.mark.parametrize("tuning", VARIANTS, ids=["spin", "spin-dynamic-pinned", "no-arena-extended"])
 def test_tuning_changes_speed_not_tokens(tiny_artifact, tuning: SessionTuning) -> None:
     folder = tiny_artifact("gqa", "cpu-int4")
     ids = np.random.default_rng(9).integers(0, 352, size=12).tolist()
