@@ -12,9 +12,13 @@
    group at block 64/128 (the rest block 32), int8 head/table, and the lookup alone in fp32/int8 (the
    untied-table question). Each row gets the decode MatMul time the change saves (from part 1's figures).
 
-    python bench/block_tradeoff.py            # both parts, ~10 min on 2 loaded cores
-    python bench/block_tradeoff.py --quick    # fewer rounds, block 128 only, one text window: ~4 min
-    python bench/block_tradeoff.py --no-accuracy | --no-speed   [--json FILE]
+    python bench/block_tradeoff.py            # both parts (28 min measured at load average 10-16 on 2 cores)
+    python bench/block_tradeoff.py --quick    # 3 rounds, accuracy rows at block 128 only
+    python bench/block_tradeoff.py --no-accuracy --m 1 --rounds 9 --json decode.json   # decode timings only
+    python bench/block_tradeoff.py --speed-from full.json decode.json --accuracy-from full.json  # recombine
+
+On a loaded machine the decode (M=1) figures swing by +-20 % between runs (2 spinning ORT threads lose their
+core); prefill (M=128) ratios and level 0 vs 4 repeat. Compare ratios within one run, or rerun part 1 alone.
 """
 
 from __future__ import annotations
@@ -183,11 +187,11 @@ class SpeedRow:
     level: int
     ms: float  # per matrix, median
     ratio: float  # ms / ms at int4 block 32, level 4 (same shape and M)
-    ms_min: float
-    ratio_min: float
     weight_mb: float
     gbps: float
     of_copy: float
+    ms_min: float = float("nan")
+    ratio_min: float = float("nan")
 
 
 def speed_rows(shapes: Sequence[Shape], ms: Sequence[int], blocks: Sequence[int], levels: Sequence[int],
@@ -208,8 +212,8 @@ def speed_rows(shapes: Sequence[Shape], ms: Sequence[int], blocks: Sequence[int]
                 per = seconds / copies
                 nbytes = nbits_bytes(shape.k, shape.n, bits, block)
                 rows.append(SpeedRow(shape.model, shape.group, shape.k, shape.n, m, bits, block, level, per * 1e3,
-                                     seconds / base, fastest / copies * 1e3, fastest / base_min, nbytes / MB,
-                                     nbytes / per / 1e9, nbytes / per / 1e9 / copy_gbps))
+                                     seconds / base, nbytes / MB, nbytes / per / 1e9, nbytes / per / 1e9 / copy_gbps,
+                                     fastest / copies * 1e3, fastest / base_min))
             print(f"  timed {shape.model} {shape.group} M={m}", file=sys.stderr, flush=True)
         del sessions
     return rows
@@ -253,12 +257,12 @@ def gather_rows(rounds: int, threads: int, vocab: int = 32064, hidden: int = 307
 
 
 def decode_ms(rows: Sequence[SpeedRow], model: str, plan: dict[str, tuple[int, int]], level: int = 4,
-              stat: str = "ms") -> float:
-    """Decode MatMul ms per token of `model` with each group's (bits, block); groups not in plan: int4 b32."""
+              stat: str = "ms", m: int = 1) -> float:
+    """MatMul ms per call of `model` (m=1: one decode token) with each group's (bits, block); others int4 b32."""
     total = 0.0
     for shape in (s for s in SHAPES if s.model == model):
         bits, block = plan.get(shape.group, (4, 32))
-        hit = [r for r in rows if r.model == model and r.group == shape.group and r.m == 1 and r.bits == bits
+        hit = [r for r in rows if r.model == model and r.group == shape.group and r.m == m and r.bits == bits
                and r.block == block and r.level == level]
         if not hit:
             return float("nan")
@@ -337,6 +341,10 @@ def plans(hidden: int, blocks: Sequence[int]) -> list[Plan]:
     if 128 in blocks:
         lookup = (4, 128) if hidden % 128 == 0 else None
         out.append(Plan("all at b128 (builder-like)", dict.fromkeys(GROUPS[:4], (4, 128)), (4, 128), lookup))
+    if 64 in blocks:  # composites proposed from the single-group rows (measured: not exactly additive)
+        wide = {"qkv": (4, 64), "o": (4, 64), "gate_up": (4, 64)}
+        out += [Plan("int8 head/table + qkv,o,gate_up b64", wide, (8, 32), (8, 32)),
+                Plan("int8 head/table + qkv,o,gate_up,down b64", {**wide, "down": (4, 64)}, (8, 32), (8, 32))]
     out += [Plan("lm_head+table int8 b32", {}, (8, 32), (8, 32)),
             Plan("lookup fp32, head int4 (untied default analog)", {}, BASE, None),
             Plan("lookup int8, head int4", {}, BASE, (8, 32))]
@@ -429,16 +437,19 @@ def add_saved(rows: Sequence[dict[str, Any]], speed: Sequence[SpeedRow]) -> None
             for stat, tail in (("ms", ""), ("ms_min", "_min")):
                 row[f"decode_saved_{key}{tail}"] = 1 - decode_ms(speed, model, plan, stat=stat) / decode_ms(
                     speed, model, {}, stat=stat)
+            row[f"prefill_saved_{key}"] = 1 - decode_ms(speed, model, plan, m=128) / decode_ms(speed, model, {}, m=128)
 
 
 def print_accuracy(rows: Sequence[dict[str, Any]], windows: int) -> None:
-    _table(f"smollm2:135m real weights, {windows} x 512-token window per text: KL(fp32||row), ppl gap; decode "
-           "MatMul time saved (part 1's M=1 level-4 figures)",
-           ["row", "KL", "dKL", "ppl prose", "ppl python", "top-1", "MB", "saved smol", "(min)", "saved phi3", "(min)"],
+    _table(f"smollm2:135m real weights, {windows} x 512-token window per text: KL(fp32||row), ppl gap; MatMul "
+           "time saved at decode (M=1, median / min) and prefill (M=128, median), level 4, from part 1",
+           ["row", "KL", "dKL", "ppl prose", "ppl python", "top-1", "MB", "dec smol", "(min)", "dec phi3", "(min)",
+            "pre smol", "pre phi3"],
            [[r["label"], _f(r["kl"], ".4f"), _f(r["dkl"], "+.4f"), _f(r["ppl_prose"], "+.1%"),
              _f(r["ppl_python"], "+.1%"), _f(r["top1"], ".1%"), _f(r["MB"], ".1f"),
              _f(r["decode_saved_smollm2"], "+.1%"), _f(r["decode_saved_smollm2_min"], "+.1%"),
-             _f(r["decode_saved_phi3"], "+.1%"), _f(r["decode_saved_phi3_min"], "+.1%")] for r in rows])
+             _f(r["decode_saved_phi3"], "+.1%"), _f(r["decode_saved_phi3_min"], "+.1%"),
+             _f(r["prefill_saved_smollm2"], "+.1%"), _f(r["prefill_saved_phi3"], "+.1%")] for r in rows])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -452,7 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--json", type=Path, help="also write every figure here")
-    parser.add_argument("--speed-from", type=Path, help="take part 1 from this --json file instead of timing it")
+    parser.add_argument("--speed-from", type=Path, nargs="+",
+                        help="take part 1 from these --json files instead of timing it (later files' rows win)")
     parser.add_argument("--accuracy-from", type=Path, help="take part 2's rows from this --json file")
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 5)
@@ -461,8 +473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {"threads": args.threads, "rounds": rounds, "ort": ort.__version__}
     speed: list[SpeedRow] = []
     if args.speed_from:
-        old = json.loads(args.speed_from.read_text(encoding="utf-8"))
-        speed = [SpeedRow(**r) for r in old["speed"]]
+        olds = [json.loads(f.read_text(encoding="utf-8")) for f in args.speed_from]
+        key = ("model", "group", "m", "bits", "block", "level")
+        merged = {tuple(r[k] for k in key): r for o in olds for r in o["speed"]}
+        speed = [SpeedRow(**r) for r in merged.values()]
+        old = olds[-1]
         result.update({k: old[k] for k in ("copy_gbps", "copy_gbps_after", "speed", "packed", "gathers")})
         print_speed(speed, (old["copy_gbps"] + old["copy_gbps_after"]) / 2, old["threads"])
         print_extras(old["packed"], old["gathers"])
