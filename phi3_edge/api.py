@@ -59,7 +59,7 @@ _QUANT_KEYWORDS = {"quant_algo": "algo", "mixed_precision": "mixed_precision", "
                    "lm_head": "lm_head", "embeddings": "embeddings"}
 
 
-def export_request(model: str, target: str = REFERENCE_TARGET, output: str | Path | None = None,
+def export_request(model: str, target: str = DEFAULT_TARGET, output: str | Path | None = None,
                    **options: Unpack[ExportOptions]) -> ExportRequest:
     """The ExportRequest export() runs; an unknown keyword is a one-line Phi3EdgeError, not a TypeError."""
     own = {f.name for f in fields(ExportRequest)} - {"model", "target", "output", "quant"}
@@ -74,9 +74,11 @@ def export_request(model: str, target: str = REFERENCE_TARGET, output: str | Pat
     return ExportRequest(model, target, None if output is None else Path(output), quant=quant, **given)
 
 
-def export(model: str, target: str = REFERENCE_TARGET, output: str | Path | None = None,
+def export(model: str, target: str = DEFAULT_TARGET, output: str | Path | None = None,
            **options: Unpack[ExportOptions]) -> ExportResult:
     """Export a Phi-3 checkpoint (local folder, hub id, short name or "demo") to an artifact folder.
+
+    `target` defaults to DEFAULT_TARGET, as `phi3-edge export` does (REFERENCE_TARGET is the float reference).
 
     A quantized export is then measured against a reference export of the same checkpoint (mean next-token
     KL and top-1 agreement on built-in prompts, recorded as manifest.json's "fidelity"); `fidelity=False`

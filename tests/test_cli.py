@@ -154,6 +154,23 @@ def test_export_and_bench_build_one_frozen_request_for_api(monkeypatch: pytest.M
     assert seen[-1] == api.BenchRequest(Path("somewhere"), prompt_len=7, threads=3, verify=False)
 
 
+def test_api_export_defaults_to_the_cli_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library caller and the command line given no target export the same thing: DEFAULT_TARGET."""
+    seen: list[api.ExportRequest] = []
+
+    def stop(request: api.ExportRequest, **kwargs: object) -> None:
+        seen.append(request)
+        raise Phi3EdgeError("stopped here")
+
+    monkeypatch.setattr(api, "run_export", stop)
+    result = _invoke("export", "-m", "demo", "-o", "out", "--quiet")
+    assert result.exit_code == 1 and _one_line(result.stderr) == "error: stopped here"
+    with pytest.raises(Phi3EdgeError, match="stopped here"):
+        api.export("demo", output="out")
+    assert [request.target for request in seen] == [api.DEFAULT_TARGET, api.DEFAULT_TARGET]
+    assert api.export_request("demo").target == api.DEFAULT_TARGET != api.REFERENCE_TARGET
+
+
 def test_no_arguments_prints_the_help_as_it_is() -> None:
     result = _invoke()
     assert result.exit_code == 0 and result.stderr == ""
