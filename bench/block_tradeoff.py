@@ -121,8 +121,12 @@ def gather_graph(vocab: int, hidden: int, bits: int | None, block: int, seed: in
     return _model([node], [ids], ["rows"], inits)
 
 
+SPIN = False  # intra-op spinning: off like phi3_edge's SessionTuning default (--spin turns it on)
+
+
 def session(model: bytes, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPIN else "0")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -457,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds, accuracy rows at block 128 only")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5, quick 3)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--spin", action="store_true", help="let ORT's intra-op threads spin (its own default)")
     parser.add_argument("--models", default="phi3-mini,smollm2", help="speed shapes of these models")
     parser.add_argument("--m", default="1,128", help="activation rows to time (1 = decode, 128 = prefill)")
     parser.add_argument("--windows", type=int, default=1, help="512-token windows per held-out text (max 2)")
@@ -468,9 +473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--accuracy-from", type=Path, help="take part 2's rows from this --json file")
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 5)
+    global SPIN
+    SPIN = args.spin
     blocks = (32, 64, 128)
     started = time.perf_counter()
-    result: dict[str, Any] = {"threads": args.threads, "rounds": rounds, "ort": ort.__version__}
+    result: dict[str, Any] = {"threads": args.threads, "rounds": rounds, "ort": ort.__version__, "spin": SPIN}
     speed: list[SpeedRow] = []
     if args.speed_from:
         olds = [json.loads(f.read_text(encoding="utf-8")) for f in args.speed_from]
