@@ -235,11 +235,12 @@ def mixed_map(wide: set[str], table_wide: bool, folded: dict[str, np.ndarray] | 
     return mapped
 
 
-def sensitivity(bench: Bench, folded: dict[str, np.ndarray] | None = None) -> tuple[Sensitivity, float]:
+def sensitivity(bench: Bench, folded: dict[str, np.ndarray] | None = None,
+                propagate: int = 0) -> tuple[Sensitivity, float]:
     started = time.perf_counter()
     base = None if folded is None else (lambda name, rows: folded.get(name, rows))
     with bench.side(None) as side:
-        measured = measure_sensitivity(side, bench.calibration, PLAIN_INT4, base=base)
+        measured = measure_sensitivity(side, bench.calibration, PLAIN_INT4, base=base, propagate=propagate)
     return measured, time.perf_counter() - started
 
 
@@ -286,7 +287,8 @@ def fixed_rule_row(bench: Bench, measured: Sensitivity) -> list[RealRow]:
     return rows
 
 
-def run_all(bench: Bench, only: set[str] | None = None, budgets: Sequence[float] = BUDGETS) -> list[RealRow]:
+def run_all(bench: Bench, only: set[str] | None = None, budgets: Sequence[float] = BUDGETS,
+            propagate: int = 0) -> list[RealRow]:
     """Every recipe row; `only`: row kinds to run (table, rtn, hqq, gptq, awq, awq+gptq, hqq8, int8, mixed,
     awq+mixed)."""
     i4, i8 = (4, "none"), (8, "none")
@@ -331,7 +333,7 @@ def run_all(bench: Bench, only: set[str] | None = None, budgets: Sequence[float]
         timed("hqq int4 (uint4 zp) + int8 table", "hqq8", body_map(hqq_uint, rtn(8)),
               bench.bytes_of((4, "uint"), i8))
     if want("mixed"):
-        measured, seconds = sensitivity(bench)
+        measured, seconds = sensitivity(bench, propagate=propagate)
         ranked = sorted(measured.candidates, key=lambda c: c.gain_per_byte, reverse=True)
         for rank, c in enumerate(ranked):
             if rank < 12 or c.name == measured.table:
@@ -341,7 +343,7 @@ def run_all(bench: Bench, only: set[str] | None = None, budgets: Sequence[float]
         rows += measured_rows(bench, "rtn", measured, seconds, budgets)
     if want("awq+mixed"):
         folded, seconds, _ = awq_weights(bench, rtn(4))
-        measured, more = sensitivity(bench, folded)
+        measured, more = sensitivity(bench, folded, propagate)
         rows += measured_rows(bench, "awq + rtn", measured, seconds + more, budgets, folded)
     timed("rtn int8 + int8 table (cpu-int8)", "int8", body_map(rtn(8), rtn(8)), bench.bytes_of(i8, i8))
     return rows
@@ -417,11 +419,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--size-budget", default=",".join(map(str, BUDGETS)),
                         help="comma-separated budgets of the mixed rows (factors of the plain int4 bytes)")
+    parser.add_argument("--propagate", type=int, default=0,
+                        help="mixed rows: windows on which each layer's error is run through the later layers")
     args = parser.parse_args(argv)
     bench = Bench(args.model)
     ref = bench.ref_ppl()
     budgets = [float(b) for b in args.size_budget.split(",")]
-    rows = summarize(run_all(bench, set(args.only.split(",")) if args.only else None, budgets))
+    rows = summarize(run_all(bench, set(args.only.split(",")) if args.only else None, budgets, args.propagate))
     if not args.no_llamacpp:
         rows += llamacpp_rows(bench, args.work, args.llama_bin)
     if args.json:

@@ -1,8 +1,9 @@
 """Measured sensitivity: which tensors to keep at int8 under a byte budget, from their error on calibration data.
 
 Each candidate tensor has an error at the narrow width (int4) and at the wide one (int8), measured the same
-way for all (the calibration driver uses the relative output error on the calibration inputs, below; the
-bench also measures end-to-end KL), and the bytes widening it costs. The choice is greedy by error removed
+way for all (reference/sensitivity_pass.py: the error energy each reaches the normalised final state with, on
+the calibration windows; relative_output_error below for the lm_head's logits), and the bytes widening it
+costs (matmul_nbits_bytes: what the export's initializers hold). The choice is greedy by error removed
 per byte, the knapsack heuristic that is optimal when items are small next to the budget:
 
     budget = size_budget x (bytes of the all-int4 model)  -  bytes of the all-int4 model

@@ -89,11 +89,14 @@ def _weighted_error(out: Sequence[State], ref: Sequence[State], g2: np.ndarray) 
 
 
 def measure_sensitivity(side: CheckpointSide, sequences: Sequence[Sequence[int]], recipe: QuantRecipe,
-                        on_layer: Callable[[int], None] | None = None, base: WeightMap | None = None) -> Sensitivity:
+                        on_layer: Callable[[int], None] | None = None, base: WeightMap | None = None,
+                        propagate: int = 0) -> Sensitivity:
     """Scores of every body Linear the recipe quantizes below 8 bits, and of the table/lm_head (see module doc).
 
     `base`: the float weights to start from instead of the checkpoint's (AWQ's folded ones). `side` must carry
-    no weight_map of its own: this installs one substituting the layer being measured."""
+    no weight_map of its own: this installs one substituting the layer being measured. `propagate` > 0: each
+    layer's scores are scaled by how its all-narrow error really reaches the final state, measured by running
+    the fp32 layers after it on that many windows (L^2 layer runs on them) instead of assuming it is carried."""
     spec = side.spec
     start = base or (lambda name, rows: rows)
     g = start("model.norm.weight", side.store.read_rows(side.store.info("model.norm.weight", (spec.hidden_size,)),
@@ -105,6 +108,7 @@ def measure_sensitivity(side: CheckpointSide, sequences: Sequence[Sequence[int]]
     narrow_err: dict[str, np.ndarray] = {}  # candidate -> (T,) weighted error with it narrow
     wide_err: dict[str, np.ndarray] = {}
     extra: dict[str, int] = {}
+    transfer: dict[str, float] = {}  # candidate -> measured / first-order error at the final state (propagate)
     plain = 0
     try:
         for layer in range(side.num_layers):
@@ -127,6 +131,10 @@ def measure_sensitivity(side: CheckpointSide, sequences: Sequence[Sequence[int]]
                 current.update({**narrow, name: wide[name]})
                 narrow_err[name] = all_narrow
                 wide_err[name] = _weighted_error(side.run_layer(layer, states), reference, g2)
+            if propagate and narrow:
+                current.clear()
+                factor = _transfer(side, layer, reference[:propagate], out_narrow[:propagate], g)
+                transfer.update(dict.fromkeys(narrow, factor))
             states = out_narrow
             if on_layer is not None:
                 on_layer(layer)
@@ -137,14 +145,32 @@ def measure_sensitivity(side: CheckpointSide, sequences: Sequence[Sequence[int]]
                                    for s in states]) ** -1.0  # (T,)
         total = sum(float(np.sum(x.astype(np.float64) ** 2)) for x in normed)  # |normalised final states|^2
         for name in narrow_err:
-            result.candidates.append(Candidate(name, float(narrow_err[name] @ inv_rms2) / total,
-                                               float(wide_err[name] @ inv_rms2) / total, extra[name]))
+            scale = transfer.get(name, 1.0) / total
+            result.candidates.append(Candidate(name, float(narrow_err[name] @ inv_rms2) * scale,
+                                               float(wide_err[name] @ inv_rms2) * scale, extra[name]))
         plain += 4 * spec.hidden_size * (2 * spec.num_layers + 1)  # the norms stay float
         plain += _table_candidate(side, recipe, sequences, normed, g2, inv_rms2, total, result)
         result.plain_bytes = plain
         return result
     finally:
         side.weight_map = None
+
+
+def _transfer(side: CheckpointSide, layer: int, reference: list[State], narrow: list[State],
+              g: np.ndarray) -> float:
+    """|final_norm(b) - final_norm(a)|^2 after the fp32 layers past `layer`, over its first-order estimate
+    |e * g|^2 / rms(a)^2 from the error e right after `layer` (1.0 = carried unchanged)."""
+    eps = side.spec.rms_norm_eps
+    local = [(_stream(n) - _stream(r)).astype(np.float64) for n, r in zip(narrow, reference, strict=True)]
+    a, b = reference, narrow
+    for later in range(layer + 1, side.num_layers):
+        a, b = side.run_layer(later, a), side.run_layer(later, b)
+    final = sum(float(np.sum((final_norm(y, g, eps) - final_norm(x, g, eps)).astype(np.float64) ** 2))
+                for x, y in zip(a, b, strict=True))
+    first_order = sum(float(((e ** 2) @ (g.astype(np.float64) ** 2)) @
+                            (1.0 / ((_stream(x).astype(np.float64) ** 2).mean(axis=-1) + eps)))
+                      for e, x in zip(local, a, strict=True))
+    return final / first_order if first_order else 1.0
 
 
 def _table_candidate(side: CheckpointSide, recipe: QuantRecipe, sequences: Sequence[Sequence[int]],

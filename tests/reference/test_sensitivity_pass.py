@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file, save_file
 
 from phi3_edge.exporter.build import model_shape
@@ -26,12 +27,12 @@ def windows(vocab: int) -> list[list[int]]:
     return [rng.integers(0, vocab, 48).tolist() for _ in range(3)]
 
 
-def measure(folder: Path) -> tuple[Sensitivity, int]:
+def measure(folder: Path, propagate: int = 0) -> tuple[Sensitivity, int]:
     checkpoint = resolve_checkpoint(str(folder))
     spec = load_spec(checkpoint.config_path)
     recipe = decide_recipe(TARGETS["cpu-int4"], QuantOptions(mixed_precision=True), model_shape(spec))
     with CheckpointSide(spec, checkpoint.weight_files) as side:
-        measured = measure_sensitivity(side, windows(spec.vocab_size), recipe)
+        measured = measure_sensitivity(side, windows(spec.vocab_size), recipe, propagate=propagate)
         assert side.weight_map is None  # the pass's substitution does not outlive it
     return measured, spec.num_layers
 
@@ -51,7 +52,8 @@ def test_every_int4_tensor_and_the_table_is_a_candidate_with_its_int8_bytes(tiny
     assert measured.plain_bytes == sum(matmul_nbits_bytes(n, k, 4, 32) for n, k in shapes.values()) + table + norms
 
 
-def test_a_planted_sensitive_tensor_is_chosen_first(tiny_checkpoint, tmp_path: Path) -> None:
+@pytest.mark.parametrize("propagate", [0, 2])
+def test_a_planted_sensitive_tensor_is_chosen_first(tiny_checkpoint, tmp_path: Path, propagate: int) -> None:
     """A function-preserving plant: one MLP channel's down_proj column x100 and its up row / 100 leave the fp32
     model as it was, but every int4 block holding that column now rounds its 31 neighbours on a far coarser
     grid (int8 still resolves them): that down projection must lead the measured gain per byte."""
@@ -65,11 +67,11 @@ def test_a_planted_sensitive_tensor_is_chosen_first(tiny_checkpoint, tmp_path: P
     gate_up[inter] /= 100  # (2I, H): gate rows then up rows; act_0 = silu(gate_0) * up_0 shrinks 100x
     save_file({**tensors, PLANTED: down, PLANTED.replace("down_proj", "gate_up_proj"): gate_up},
               str(planted / "model.safetensors"), metadata={"format": "pt"})
-    measured, _ = measure(planted)
+    measured, _ = measure(planted, propagate)
     best = max(measured.candidates, key=lambda c: c.gain_per_byte)
     assert best.name == PLANTED
     assert choose_wide(measured.candidates, best.extra_bytes)[0] == PLANTED
-    plain, _ = measure(source)
+    plain, _ = measure(source, propagate)
     assert max(plain.candidates, key=lambda c: c.gain_per_byte).name != PLANTED  # the planting made it so
 
 
@@ -91,3 +93,16 @@ def test_linear_shapes_match_the_checkpoint(tiny_checkpoint) -> None:
         for name, (n, _k) in linear_shapes(spec, 0).items():
             assert side.store.rows_of(name) == n
     assert list(linear_shapes(spec, 1)) == cal.linear_names(1)
+
+
+def test_propagation_rescales_whole_layers_and_leaves_the_table(tiny_checkpoint) -> None:
+    """propagate: one measured factor per layer (its four candidates keep their ratios), the table untouched."""
+    first, layers = measure(tiny_checkpoint("gqa"))
+    carried, _ = measure(tiny_checkpoint("gqa"), propagate=2)
+    pairs = list(zip(first.candidates, carried.candidates, strict=True))
+    assert [a.name for a, _ in pairs] == [b.name for _, b in pairs]
+    for layer in range(layers):
+        ratios = {round(r, 9) for a, b in pairs if f".{layer}." in a.name
+                  for r in (b.narrow_error / a.narrow_error, b.wide_error / a.wide_error)}
+        assert len(ratios) == 1 and next(iter(ratios)) > 0  # narrow and wide scores of every tensor alike
+    assert pairs[-1][0] == pairs[-1][1]  # the table / lm_head candidate is scored at the end either way
