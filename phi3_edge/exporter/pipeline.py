@@ -14,6 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ def export_artifact(request: ExportRequest, target: Target, measure: MeasureFide
     recipe = calibration.recipe  # as applied: a calibration pass may change it
     total_bytes = sum(path.stat().st_size for path in checkpoint.weight_files)
     # The checkpoint folder is protected: `--model X -o X --force` must never delete the user's weights.
-    with staged_artifact(output, force=request.force, on_stage=on_stage, protected=(checkpoint.root,)) as folder:
+    # GPTQ blocks wait in a temp spill folder (quantize/calibrated.py), deleted when this block ends, failed or not.
+    with calibration.blocks or nullcontext(), \
+            staged_artifact(output, force=request.force, on_stage=on_stage, protected=(checkpoint.root,)) as folder:
         with export_progress(total_bytes, spec.num_layers, request.progress) as hooks:
             stats = export_graph(spec, target, checkpoint.weight_files, folder, recipe=recipe,
                                  calibrated=calibration.blocks, scales=calibration.scales,
