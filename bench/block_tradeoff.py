@@ -347,7 +347,8 @@ def plans(hidden: int, blocks: Sequence[int]) -> list[Plan]:
         out.append(Plan("all at b128 (builder-like)", dict.fromkeys(GROUPS[:4], (4, 128)), (4, 128), lookup))
     if 64 in blocks:  # composites proposed from the single-group rows (measured: not exactly additive)
         wide = {"qkv": (4, 64), "o": (4, 64), "gate_up": (4, 64)}
-        out += [Plan("int8 head/table + qkv,o,gate_up b64", wide, (8, 32), (8, 32)),
+        out += [Plan("int8 head/table + gate_up b64", {"gate_up": (4, 64)}, (8, 32), (8, 32)),
+                Plan("int8 head/table + qkv,o,gate_up b64", wide, (8, 32), (8, 32)),
                 Plan("int8 head/table + qkv,o,gate_up,down b64", {**wide, "down": (4, 64)}, (8, 32), (8, 32))]
     out += [Plan("lm_head+table int8 b32", {}, (8, 32), (8, 32)),
             Plan("lookup fp32, head int4 (untied default analog)", {}, BASE, None),
