@@ -237,28 +237,31 @@ def _options(entry: dict[str, Any], base: ExportOptions, check: _Checker, where:
     if "max_kl" in entry:
         max_kl = check.number(entry["max_kl"], f"{where}.max_kl")
     quant_algo = optional_choice("quant_algo", QUANT_ALGOS, base.quant_algo) or base.quant_algo
+    mixed = check.boolean(entry.get("mixed_precision", base.mixed_precision), f"{where}.mixed_precision")
     return ExportOptions(
         quant_algo=quant_algo,
-        calibration=_calibration(entry, base, quant_algo, check, where),
+        calibration=_calibration(entry, base, quant_algo in CALIBRATED_ALGOS or mixed, check, where),
         lm_head=optional_choice("lm_head", LM_HEAD_CHOICES, base.lm_head),
         embeddings=optional_choice("embeddings", EMBEDDING_CHOICES, base.embeddings),
-        mixed_precision=check.boolean(entry.get("mixed_precision", base.mixed_precision), f"{where}.mixed_precision"),
+        mixed_precision=mixed,
         max_kl=max_kl,
         fidelity=check.boolean(entry.get("fidelity", base.fidelity), f"{where}.fidelity"),
     )
 
 
-def _calibration(entry: dict[str, Any], base: ExportOptions, quant_algo: str, check: _Checker,
+def _calibration(entry: dict[str, Any], base: ExportOptions, calibrates: bool, check: _Checker,
                  where: str) -> Path | None:
     """The calibration text, relative to the recipe file, checked to exist now (before any export runs).
 
-    [defaults] may name one for its calibrated targets: a target whose algorithm needs none does not inherit it,
-    but a target that names one itself with such an algorithm is an error (it would be ignored)."""
+    `calibrates`: the target runs a calibration pass (a gptq/awq body, or measured mixed_precision). [defaults] may
+    name a text for such targets: one that runs no pass does not inherit it, but one that names a text itself
+    is an error (it would be ignored)."""
     if "calibration" not in entry:
-        return base.calibration if quant_algo in CALIBRATED_ALGOS else None
+        return base.calibration if calibrates else None
     key = f"{where}.calibration"
-    if where != "defaults" and quant_algo not in CALIBRATED_ALGOS:
-        check.fail(key, f"applies to quant_algo {' or '.join(repr(a) for a in CALIBRATED_ALGOS)}, not {quant_algo!r}")
+    if where != "defaults" and not calibrates:
+        check.fail(key, f"applies to quant_algo {' or '.join(repr(a) for a in CALIBRATED_ALGOS)} and to "
+                        "mixed_precision = true (what runs a calibration pass)")
     given = Path(check.string(entry["calibration"], key))
     path = given if given.is_absolute() else check.path.parent / given
     if not path.is_file():
