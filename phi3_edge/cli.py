@@ -122,10 +122,12 @@ class _ExportCommand(click.Command):
 @click.option("--size-budget", type=float, default=None, metavar="F",
               help="--mixed-precision: weight bytes at most F x the plain int4 export's (default 1.05).")
 @click.option("--lm-head", type=click.Choice(["float", "int8", "int4"]), default=None,
-              help="Precision of lm_head (default: as the rest of the target's weights).")
+              help="Precision of lm_head (default: the target's measured choice, int8 on cpu-int4/mobile-int4; "
+                   "as the rest of the weights elsewhere; `phi3-edge targets` shows it).")
 @click.option("--embeddings", type=click.Choice(["float", "quantized"]), default=None,
-              help="Embedding table format (default: quantized and shared with lm_head for tied models "
-                   "when lm_head is quantized, else float).")
+              help="Embedding table format (default: quantized in lm_head's format when lm_head is quantized and "
+                   "the model is tied (one shared table) or the target quantizes tables (cpu-int4, mobile-int4); "
+                   "else float).")
 @click.option("--max-kl", type=click.FloatRange(min=0), default=None,
               help="Accuracy gate: fail (and write nothing) when the quantized export's mean next-token KL "
                    f"to a {api.REFERENCE_TARGET} export of the same checkpoint exceeds this (float targets "

@@ -98,8 +98,8 @@ class QuantOptions:
     algo: str = "rtn"
     mixed_precision: bool = False  # int8 for the tensors whose measured int4 error costs most per byte
     size_budget: float | None = None  # mixed precision's byte budget: a factor of the plain export's weight bytes
-    lm_head: str | None = None  # None: as the body | "float" | "int8" | "int4"
-    embeddings: str | None = None  # None: quantized iff tied and lm_head quantized | "float" | "quantized"
+    lm_head: str | None = None  # None: the target's lm_head_bits, else as the body | "float" | "int8" | "int4"
+    embeddings: str | None = None  # None: quantized with a quantized lm_head if tied or the target says so
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,8 @@ class QuantRecipe:
         """manifest.json's short "quant_algo": rtn | hqq | rtn+int8-mixed; None for a float body."""
         if self.body is None:
             return None
-        return self.body.algo + ("+int8-mixed" if self.overrides else "")
+        wider = any(r.bits > self.body.bits for _, r in self.overrides)
+        return self.body.algo + ("+int8-mixed" if wider else "")
 
     def to_json(self) -> dict[str, object]:
         def one(recipe: LinearRecipe | None) -> dict[str, object] | None:
@@ -166,7 +167,22 @@ def decide_recipe(target: Target, options: QuantOptions, model: ModelShape) -> Q
     head = _lm_head(target, options, body)
     table = _table(target, options, model, head)
     shared = table is not None and model.tied and head is not None
-    return QuantRecipe(body, (), table if shared else head, table, shared, _size_budget(options, body))
+    return QuantRecipe(body, _block_overrides(target, model, body), table if shared else head, table, shared,
+                       _size_budget(options, body))
+
+
+def _block_overrides(target: Target, model: ModelShape,
+                     body: LinearRecipe | None) -> tuple[tuple[str, LinearRecipe], ...]:
+    """The target's measured per-Linear block sizes (targets/table.py block_overrides), every layer.
+
+    Applied only where the block divides the hidden size (the stems named there read the residual stream):
+    a padded block would add bytes instead of saving them (SmolLM2's 576 columns: 64 divides, 128 does not).
+    """
+    if body is None:
+        return ()
+    return tuple((f"model.layers.{layer}.{stem}.weight", replace(body, block_size=block))
+                 for stem, block in target.block_overrides if model.hidden_size % block == 0
+                 for layer in range(model.num_layers))
 
 
 def _body(target: Target, options: QuantOptions) -> LinearRecipe | None:
@@ -215,6 +231,9 @@ def widen(recipe: QuantRecipe, names: Sequence[str], table_name: str | None = No
 
 def _lm_head(target: Target, options: QuantOptions, body: LinearRecipe | None) -> LinearRecipe | None:
     choice = options.lm_head
+    if choice is None and body is not None and target.lm_head_bits not in (None, body.bits):
+        # The target's measured head width (targets/table.py lm_head_bits), RTN in the body's block.
+        return LinearRecipe(target.lm_head_bits, body.block_size, body.accuracy_level, target.symmetric, "rtn")
     if choice is None and body is not None and body.algo in CALIBRATED_ALGOS:
         # The calibration pass covers the decoder layers only: lm_head keeps the body's format, RTN-rounded.
         return replace(body, algo="rtn", symmetric=target.symmetric)
@@ -235,7 +254,10 @@ def _table(target: Target, options: QuantOptions, model: ModelShape,
     GatherBlockQuantized takes no float zero points, so tables are always RTN-rounded; its 2-D view of the
     codes needs whole blocks per row (padding would change the gathered width).
     """
-    wanted = options.embeddings == "quantized" or (options.embeddings is None and model.tied and head is not None)
+    # By default a tied table is quantized with its quantized head (stored once); an untied one where the
+    # target's measurements say so (targets/table.py quantize_embeddings: a Gather of one row costs nothing).
+    by_default = head is not None and (model.tied or target.quantize_embeddings)
+    wanted = options.embeddings == "quantized" or (options.embeddings is None and by_default)
     if not wanted:
         return None
     bits = head.bits if head is not None else (target.bits or DEFAULT_BITS)

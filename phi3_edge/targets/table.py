@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypedDict
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,30 @@ class Target:
     # genai_config.json's provider_options: onnxruntime-genai runs on CPU when no provider is listed (the
     # builder writes an empty list for CPU), so a CPU target lists none unless the caller passes options.
     genai_lists_provider: bool = True
+    # Measured per-tensor choices (figures above TARGETS). lm_head_bits: the head's (and a tied table's)
+    # width when --lm-head is not given (None: as the body). block_overrides: (Linear stem, block size) for the
+    # body Linears that trade a coarser block for speed. quantize_embeddings: an untied embedding table is
+    # stored as GatherBlockQuantized in the head's format when --embeddings is not given.
+    lm_head_bits: int | None = None
+    block_overrides: tuple[tuple[str, int], ...] = ()
+    quantize_embeddings: bool = False
 
 
 # The target every other one is measured against (parity, the accuracy gate, `eval --ref`).
 REFERENCE_TARGET = "cpu-fp32"
 
 # The CPU EP is onnxruntime-genai's default: genai_config.json lists no provider for it.
-_CPU = {"genai_lists_provider": False}
+class _Flags(TypedDict, total=False):
+    genai_lists_provider: bool
+    fused_rotary: bool
+    packed_qkv: bool
+    allow_if_node: bool
+
+
+_CPU: _Flags = {"genai_lists_provider": False}
 
 # DirectML: separate rotary, separate Q/K/V and no If node (see the field comments above).
-_DML = {"fused_rotary": False, "packed_qkv": False, "allow_if_node": False}
+_DML: _Flags = {"fused_rotary": False, "packed_qkv": False, "allow_if_node": False}
 
 # logits_atol: 2x the largest max-abs prompt-logit difference to cpu-fp32 measured over all tiny test
 # variants (tests/targets/test_table.py; CUDA/DML graphs measured on the CPU EP). Those checkpoints have
@@ -67,6 +82,20 @@ _DML = {"fused_rotary": False, "packed_qkv": False, "allow_if_node": False}
 # The symmetric int4 grid (no zero points, the fast kernel path) stays the cpu-int4 format; once the export
 # runs the calibration pass (reference/calibrate.py; api wiring pending), AWQ + an int8 tied table is the
 # measured best at 98.2 MB (< Q4_K_M's bytes), and the int8 table is the largest single gain per byte.
+# cpu-int4 / mobile-int4 per-tensor defaults, measured (bench/block_tradeoff.py; KL on smollm2:135m through the
+# layer-streamed reference, speed as MatMulNBits ratios at Phi-3-mini shapes, 2 threads, spinning off):
+#   int8 lm_head + tied table          KL 0.321 -> 0.255, +14 MB on SmolLM2 (+49 MB untied Phi-3-mini, ~2 %),
+#                                      decode +1 %: the largest accuracy gain per byte of any single choice
+#   gate_up at block 64                +0.023 KL, -21 % of Phi-3-mini decode MatMul time (gate_up is 56 % of it),
+#                                      -11 % prefill MatMul, -10 % of gate_up's bytes: 7-20x cheaper in KL per
+#                                      % of decode than any other group (qkv b64 +0.017 KL for 2.3 %; down b128
+#                                      +0.073; block 128 everywhere +0.335 KL, ppl +98 %)
+#   both together                      KL 0.274 at 94.9 MB (today's default 0.321 at 84.0 MB)
+#   untied embeddings quantized        lookup-only KL cost <= +0.0002; a Gather of one row 5-13 us vs a 557 ms
+#                                      decode step; Phi-3-mini's table 394 MB -> 111 MB (int8)
+#   accuracy_level 4 kept              level 0 measured 1.3-3.9x slower in every shape
+_GATE_UP_64 = (("mlp.gate_up_proj", 64),)
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -78,7 +107,8 @@ TARGETS: dict[str, Target] = {
                bits=8, block_size=32, accuracy_level=4, logits_min_corr=0.995, **_CPU),
         # int4 corr measured 0.852 (rtn, partial_tied) .. 0.944 (hqq, gqa); 0.80 fails zero/shuffled logits (~0)
         Target("cpu-int4", "cpu", "int4", "float32", 9.0,  # measured 4.88
-               "the default edge target", bits=4, block_size=32, accuracy_level=4, logits_min_corr=0.80, **_CPU),
+               "the default edge target", bits=4, block_size=32, accuracy_level=4, logits_min_corr=0.80, **_CPU,
+               lm_head_bits=8, block_overrides=_GATE_UP_64, quantize_embeddings=True),
         Target("cuda-fp16", "cuda", "fp16", "float16", 0.08,  # measured 0.037
                "fp16 weights and activations"),
         Target("cuda-int4", "cuda", "int4", "float16", 9.0,  # measured 4.95; corr >= 0.849 measured
@@ -91,7 +121,8 @@ TARGETS: dict[str, Target] = {
                bits=4, block_size=128, accuracy_level=0, logits_min_corr=0.80, **_DML),
         Target("mobile-int4", "cpu", "int4", "float32", 9.0,  # measured 4.88; corr >= 0.852 measured
                "ARM/x86 phones and IoT boards; + ORT format and a reduced-ops config",
-               bits=4, block_size=32, accuracy_level=4, ort_format=True, logits_min_corr=0.80, **_CPU),
+               bits=4, block_size=32, accuracy_level=4, ort_format=True, logits_min_corr=0.80, **_CPU,
+               lm_head_bits=8, block_overrides=_GATE_UP_64, quantize_embeddings=True),
     )
 }
 

@@ -22,7 +22,10 @@ from phi3_edge.targets.table import TARGETS
 
 UNTIED = ModelShape(num_layers=8, hidden_size=64, tied=False)
 TIED = ModelShape(num_layers=8, hidden_size=64, tied=True)
-INT4 = TARGETS["cpu-int4"]
+INT4_TARGET = TARGETS["cpu-int4"]
+# cpu-int4 without its measured per-tensor defaults (int8 head, gate_up block 64, quantized untied table): the
+# recipe mechanics below are shown on the plain format; test_cpu_int4_measured_defaults checks the defaults.
+INT4 = replace(INT4_TARGET, lm_head_bits=None, block_overrides=(), quantize_embeddings=False)
 
 
 def test_invalid_linear_recipes_are_one_line_errors() -> None:
@@ -49,9 +52,22 @@ def test_body_recipe_of_every_target() -> None:
             continue
         assert recipe.body == LinearRecipe(target.bits, target.block_size or 0, target.accuracy_level or 0,
                                            target.symmetric, "rtn")
-        assert recipe.lm_head == recipe.body  # lm_head follows the body by default
-        assert recipe.embeddings is None and not recipe.shared_table  # untied: float table
-        assert recipe.for_tensor("model.layers.0.mlp.down_proj.weight") == recipe.body
+        body = recipe.body
+        assert body is not None
+        if target.lm_head_bits is None:
+            assert recipe.lm_head == body  # lm_head follows the body unless the target measured otherwise
+        else:
+            assert recipe.lm_head == LinearRecipe(target.lm_head_bits, body.block_size, body.accuracy_level,
+                                                  target.symmetric, "rtn")
+        if target.quantize_embeddings:  # untied table quantized in the head's format, not shared
+            assert recipe.embeddings == recipe.lm_head and not recipe.shared_table
+        else:
+            assert recipe.embeddings is None and not recipe.shared_table  # untied: float table
+        assert recipe.for_tensor("model.layers.0.mlp.down_proj.weight") == body
+        for stem, block in target.block_overrides:  # the measured per-Linear blocks, every layer
+            for layer in range(UNTIED.num_layers):
+                assert recipe.for_tensor(f"model.layers.{layer}.{stem}.weight") == replace(body, block_size=block)
+        assert recipe.name == "rtn"  # a coarser block is not mixed precision
     hqq = decide_recipe(INT4, QuantOptions(algo="hqq"), UNTIED).body
     assert hqq is not None and (hqq.algo, hqq.symmetric) == ("hqq", False)  # HQQ writes zero points
 
@@ -126,3 +142,23 @@ def test_tied_models_share_one_quantized_table_with_mixed_precision_too() -> Non
     int8_head = decide_recipe(TARGETS["cpu-fp32"], QuantOptions(lm_head="int8"), TIED)
     assert int8_head.body is None and int8_head.shared_table and int8_head.embeddings is not None
     assert int8_head.embeddings.bits == 8
+
+
+def test_cpu_int4_measured_defaults() -> None:
+    """cpu-int4's per-tensor choices (figures in targets/table.py) as decide_recipe applies them."""
+    tied = decide_recipe(INT4_TARGET, QuantOptions(), TIED)
+    assert tied.lm_head is not None and tied.lm_head.bits == 8 and tied.shared_table and tied.embeddings == tied.lm_head
+    untied = decide_recipe(INT4_TARGET, QuantOptions(), UNTIED)
+    assert untied.embeddings is not None and untied.embeddings.bits == 8 and not untied.shared_table
+    assert decide_recipe(INT4_TARGET, QuantOptions(embeddings="float"), UNTIED).embeddings is None
+    assert decide_recipe(INT4_TARGET, QuantOptions(lm_head="int4"), TIED).embeddings.bits == 4  # type: ignore
+    gate_up = untied.for_tensor("model.layers.3.mlp.gate_up_proj.weight")
+    assert gate_up is not None and (gate_up.bits, gate_up.block_size) == (4, 64) and untied.name == "rtn"
+    # widening keeps the tensor's own block; a hidden size 64 does not divide leaves the block at 32
+    wide = widen(untied, ["model.layers.3.mlp.gate_up_proj.weight"])
+    assert wide.for_tensor("model.layers.3.mlp.gate_up_proj.weight").block_size == 64  # type: ignore
+    assert wide.name == "rtn+int8-mixed"
+    odd = decide_recipe(INT4_TARGET, QuantOptions(), ModelShape(num_layers=2, hidden_size=96, tied=False))
+    assert odd.overrides == ()
+    hqq = decide_recipe(INT4_TARGET, QuantOptions(algo="hqq"), UNTIED)
+    assert hqq.lm_head == LinearRecipe(8, 32, 4, True, "rtn")  # an int8 head is RTN (HQQ is 2/4-bit here)
