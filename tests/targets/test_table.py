@@ -27,11 +27,34 @@ def test_every_design_target_is_present():
         assert target.name == name
 
 
-def _allowed(annotation: object) -> tuple[type, ...]:
-    """`int | None` -> (int, NoneType); bool is not accepted where int is asked for."""
+def _has_type(value: object, annotation: object) -> bool:
+    """isinstance against a field's annotation: `int | None`, `str`, and tuples (`tuple[X, ...]`, `tuple[X, Y]`)
+    checked element by element; bool is not accepted where int is asked for."""
     if isinstance(annotation, types.UnionType):
-        return tuple(t for arg in typing.get_args(annotation) for t in _allowed(arg))
-    return (type(None),) if annotation is None else (annotation,)  # type: ignore[return-value]
+        return any(_has_type(value, arg) for arg in typing.get_args(annotation))
+    if annotation is None:
+        return value is None
+    if typing.get_origin(annotation) is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_has_type(item, args[0]) for item in value)
+        return len(value) == len(args) and all(_has_type(item, arg) for item, arg in zip(value, args, strict=True))
+    assert isinstance(annotation, type), f"the type check does not know {annotation!r}"
+    if isinstance(value, bool) and annotation is not bool:
+        return False
+    return isinstance(value, annotation)
+
+
+def test_the_type_check_reads_nested_tuples():
+    declared = tuple[tuple[str, int], ...]
+    assert _has_type((), declared) and _has_type((("mlp.gate_up_proj", 64),), declared)
+    assert not _has_type((("mlp.gate_up_proj", "64"),), declared)
+    assert not _has_type((("mlp.gate_up_proj", True),), declared)  # a bool is not an int here
+    assert not _has_type([("mlp.gate_up_proj", 64)], declared)
+    assert not _has_type((("mlp.gate_up_proj",),), declared)
+    assert _has_type(None, int | None) and not _has_type(True, int | None)
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
@@ -39,9 +62,8 @@ def test_every_field_has_its_declared_type(name):
     hints = typing.get_type_hints(Target)
     target = TARGETS[name]
     for field in fields(Target):
-        value, allowed = getattr(target, field.name), _allowed(hints[field.name])
-        assert isinstance(value, allowed), f"{name}.{field.name} = {value!r}, declared {hints[field.name]}"
-        assert not (isinstance(value, bool) and bool not in allowed), f"{name}.{field.name} is a bool"
+        value = getattr(target, field.name)
+        assert _has_type(value, hints[field.name]), f"{name}.{field.name} = {value!r}, declared {hints[field.name]}"
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
