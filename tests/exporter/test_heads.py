@@ -15,6 +15,7 @@ from fixtures.reference import ort_incremental
 from phi3_edge.api import export
 from phi3_edge.exporter.config import load_spec
 from phi3_edge.quantize.blockwise import dequantize, quantize_rtn
+from phi3_edge.targets.table import TARGETS
 
 
 def graph(folder: Path) -> onnx.GraphProto:
@@ -74,7 +75,15 @@ def test_lm_head_int8_on_int4_target(tiny_checkpoint, tmp_path: Path) -> None:
     bits = {n.name.split("/")[0]: attribute(n, "bits") for n in nodes(tmp_path / "a", "MatMulNBits")}
     assert bits.pop("lm_head") == 8
     assert set(bits.values()) == {4}
-    assert not nodes(tmp_path / "a", "GatherBlockQuantized"), "untied: embeddings stay float by default"
+    # Untied: the table follows the head's format where the target quantizes tables (targets/table.py), else float.
+    gathers = nodes(tmp_path / "a", "GatherBlockQuantized")
+    if TARGETS["cpu-int4"].quantize_embeddings:
+        assert [attribute(g, "bits") for g in gathers] == [8]
+    else:
+        assert not gathers
+    export(str(tiny_checkpoint("gqa")), target="cpu-int4", output=tmp_path / "f", progress=False, lm_head="int8",
+           embeddings="float")
+    assert not nodes(tmp_path / "f", "GatherBlockQuantized"), "--embeddings float keeps the table float"
 
 
 def _manifest_recipe(folder: Path) -> dict:
@@ -95,21 +104,37 @@ def test_manifest_describes_the_heads_the_graph_has_with_mixed_precision(tiny_ch
     out = tmp_path / variant
     export(str(tiny_checkpoint(variant)), target="cpu-int4", output=out, progress=False, fidelity=False,
            mixed_precision=True)
+    target = TARGETS["cpu-int4"]
+    head_bits = target.lm_head_bits or target.bits  # the target's measured head width, else the body's
     recipe = _manifest_recipe(out)
     op, bits = _lm_head_op(out)
-    assert (op, bits) == ("MatMulNBits", 4)
-    assert recipe["lm_head"].startswith("int4 ")
+    assert (op, bits) == ("MatMulNBits", head_bits)
+    assert recipe["lm_head"].startswith(f"int{head_bits} ")
     applied = recipe["quantization"]
-    assert applied["lm_head"]["bits"] == 4 and applied["overrides"]  # the recipe as applied, overrides too
+    assert applied["lm_head"]["bits"] == head_bits and applied["overrides"]  # the recipe as applied, overrides too
     gathers = nodes(out, "GatherBlockQuantized")
     if variant == "partial_tied_wide":  # tied: the table is quantized once and shared, as without mixed precision
-        assert recipe["lm_head"] == "int4 GatherBlockQuantized table, shared" and applied["shared_table"]
-        assert len(gathers) == 1 and recipe["embeddings"] == "int4 GatherBlockQuantized"
+        assert recipe["lm_head"] == f"int{head_bits} GatherBlockQuantized table, shared" and applied["shared_table"]
+        assert len(gathers) == 1 and recipe["embeddings"] == f"int{head_bits} GatherBlockQuantized"
     else:
-        assert recipe["lm_head"] == "int4 MatMulNBits (rtn, block 32)" and not gathers
-        assert recipe["embeddings"] == "float"
-    wide = {n.name.split("/")[0] for n in nodes(out, "MatMulNBits") if attribute(n, "bits") == 8}
-    assert {name.removesuffix(".weight") for name in applied["overrides"]} == wide
+        assert recipe["lm_head"] == f"int{head_bits} MatMulNBits (rtn, block {target.block_size})"
+        if target.quantize_embeddings:  # untied: a table of its own in the head's format
+            assert [attribute(g, "bits") for g in gathers] == [head_bits]
+            assert recipe["embeddings"] == f"int{head_bits} GatherBlockQuantized" and not applied["shared_table"]
+        else:
+            assert not gathers and recipe["embeddings"] == "float"
+    # Every body MatMulNBits has the format the applied recipe names for it: an override's (int8 widened, or
+    # a measured block size), else the body's.
+    body = applied["body"]
+    formats = {n.name.split("/")[0]: (attribute(n, "bits"), attribute(n, "block_size"))
+               for n in nodes(out, "MatMulNBits") if not n.name.startswith("lm_head")}
+    overrides = {name.removesuffix(".weight"): r for name, r in applied["overrides"].items()}
+    assert set(overrides) <= set(formats)
+    for name, got in formats.items():
+        want = overrides.get(name, body)
+        assert got == (want["bits"], want["block_size"]), name
+    wide = {name for name, (b, _) in formats.items() if b == 8}
+    assert {name for name, r in overrides.items() if r["bits"] == 8} == wide
 
 
 def test_manifest_float_head(tiny_checkpoint, tmp_path: Path) -> None:
