@@ -14,6 +14,7 @@ from phi3_edge.errors import CheckpointError
 from phi3_edge.exporter.blocks.recipe_linear import RecipeLinear
 from phi3_edge.exporter.config import Phi3Spec
 from phi3_edge.exporter.decoder import DecoderPlan, build_decoder
+from phi3_edge.exporter.gguf.carry import carry_formats
 from phi3_edge.exporter.graph import GraphBuilder
 from phi3_edge.exporter.heads import make_heads
 from phi3_edge.exporter.ort_format import write_ort_format
@@ -39,9 +40,9 @@ class GraphStats:
     ort_format: str | None  # mobile targets: what happened to model.ort (written, or skipped and why)
 
 
-def model_shape(spec: Phi3Spec) -> ModelShape:
-    """What the quantization recipe needs to know about the model."""
-    return ModelShape(spec.num_layers, spec.hidden_size, spec.tie_word_embeddings)
+def model_shape(spec: Phi3Spec, weight_files: tuple[Path, ...] = ()) -> ModelShape:
+    """What the quantization recipe needs to know about the model (and its GGUF files' carryable blocks)."""
+    return ModelShape(spec.num_layers, spec.hidden_size, spec.tie_word_embeddings, carry_formats(weight_files))
 
 
 def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...], folder: Path,
@@ -54,7 +55,7 @@ def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...],
     "headers" and "weights" (see exporter/artifact.py's STAGES); `calibrated`: GPTQ blocks by tensor name;
     `scales`: AWQ's per-channel scales, folded into the weights as they are read (exporter/scaled_store.py)."""
     if recipe is None:
-        recipe = decide_recipe(target, QuantOptions(), model_shape(spec))
+        recipe = decide_recipe(target, QuantOptions(), model_shape(spec, weight_files))
     if scales is None and recipe.body is not None and recipe.body.algo == "awq":  # else plain RTN labelled AWQ
         raise ValueError("an AWQ recipe needs its scales (the export's calibration pass)")
     started = time.perf_counter()

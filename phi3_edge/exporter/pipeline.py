@@ -61,7 +61,7 @@ def export_artifact(request: ExportRequest, target: Target, measure: MeasureFide
     output = request.output
     checkpoint = resolve_checkpoint(request.model, require_tokenizer=request.require_tokenizer)
     spec = load_spec(checkpoint.config_path)
-    recipe = decide_recipe(target, request.quant, model_shape(spec))
+    recipe = decide_recipe(target, request.quant, model_shape(spec, checkpoint.weight_files))
     gate = _accuracy_gate(checkpoint, recipe.quantized, request, measure)
     calibration = _calibrate(spec, checkpoint, recipe, calibrate)  # before anything is staged
     recipe = calibration.recipe  # as applied: a calibration pass may change it

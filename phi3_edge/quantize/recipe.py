@@ -109,6 +109,9 @@ class ModelShape:
     num_layers: int
     hidden_size: int
     tied: bool  # lm_head reuses the embedding table
+    # (bits, block) recipes into which a GGUF source's stored decoder blocks are carried as they are
+    # (exporter/gguf/carry.py carry_formats): a body in one of them keeps its block for every Linear.
+    carry_formats: frozenset[tuple[int, int]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -177,8 +180,10 @@ def _block_overrides(target: Target, model: ModelShape,
 
     Applied only where the block divides the hidden size (the stems named there read the residual stream):
     a padded block would add bytes instead of saving them (SmolLM2's 576 columns: 64 divides, 128 does not).
+    None where the body's format is one a GGUF source's blocks are carried into (ModelShape.carry_formats): a
+    coarser block there would dequantize the stored codes and round them again, so carrying wins.
     """
-    if body is None:
+    if body is None or (body.bits, body.block_size) in model.carry_formats:
         return ()
     return tuple((f"model.layers.{layer}.{stem}.weight", replace(body, block_size=block))
                  for stem, block in target.block_overrides if model.hidden_size % block == 0

@@ -18,9 +18,10 @@ from fixtures.llama_gguf import llama_model, write_gguf
 from fixtures.reference import Reference, ort_incremental
 from fixtures.tokenizer import write_tiny_tokenizer
 from phi3_edge.api import export
-from phi3_edge.exporter.build import export_graph
+from phi3_edge.exporter.build import export_graph, model_shape
 from phi3_edge.exporter.config import load_spec
 from phi3_edge.exporter.gguf.carry import to_blocks
+from phi3_edge.quantize.recipe import QuantOptions, decide_recipe
 from phi3_edge.targets.table import get_target
 
 STEPS = 16
@@ -39,10 +40,15 @@ def _run(folder: Path, path: Path) -> Reference:
     return ort_incremental(folder / "model.onnx", IDS, STEPS, spec.num_layers, spec.num_kv_heads, spec.head_dim)
 
 
-def _quantized_export(path: Path, folder: Path, target: str) -> dict[str, str]:
+def _quantized_export(path: Path, folder: Path, target: str, qtype: str) -> dict[str, str]:
     folder.mkdir()
     exact = dataclasses.replace(get_target(target), accuracy_level=0)  # fp32 arithmetic inside MatMulNBits
-    stats = export_graph(load_spec(path), exact, (path,), folder)
+    # lm_head in the body's width, so its stored blocks are carried too (a target's int8 head re-rounds them).
+    spec = load_spec(path)
+    # A Q4_1 table stays float: GatherBlockQuantized takes no float zero points, so it could not be carried.
+    options = QuantOptions(lm_head=f"int{exact.bits}", embeddings="float" if qtype == "Q4_1" else None)
+    recipe = decide_recipe(exact, options, model_shape(spec, (path,)))
+    stats = export_graph(spec, exact, (path,), folder, recipe=recipe)
     return stats.heads
 
 
@@ -54,7 +60,7 @@ def test_carried_blocks_equal_the_dequantized_fp32_export(tokenizer_dir: Path, t
     monkeypatch.setattr(carry, "CARRY_FLOAT_ZERO_POINTS", True)  # Q4_1: off by default for kernel speed only
     path = write_gguf(tmp_path / f"{qtype}.gguf", llama_model("gqa"), "llama", qtype, tokenizer_folder=tokenizer_dir)
     export(str(path), target="cpu-fp32", output=tmp_path / "fp32", progress=False)
-    heads = _quantized_export(path, tmp_path / "quant", target)
+    heads = _quantized_export(path, tmp_path / "quant", target, qtype)
     assert heads["gguf_blocks"].endswith(f"{qtype} carried as they are"), heads  # every matrix carried
     reference, ours = _run(tmp_path / "fp32", path), _run(tmp_path / "quant", path)
     np.testing.assert_allclose(ours.prompt_logits, reference.prompt_logits, atol=1e-4, rtol=0)
@@ -88,3 +94,22 @@ def test_block_conversion_is_exact(qtype: str) -> None:
     blocks = to_blocks(raw, qtype, 96)
     ours = (blocks.q.astype(np.float32) - blocks.effective_zero_points()[..., None]) * blocks.scales[..., None]
     np.testing.assert_allclose(ours.reshape(6, 96), gguf.quants.dequantize(raw, kind), rtol=0, atol=1e-6)
+
+
+def test_carry_wins_over_a_block_override(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """cpu-int4's gate_up block 64 would dequantize Q4_0's blocks of 32 and round them again: a Q4_0 source keeps
+    its block for every decoder Linear (all carried), while a Q8_0 source (not carried into int4) and safetensors
+    keep the override."""
+    target = get_target("cpu-int4")
+    assert target.block_overrides, "the rule needs a target with a block override"
+    q4 = write_gguf(tmp_path / "q4.gguf", llama_model("gqa"), "llama", "Q4_0", tokenizer_folder=tokenizer_dir)
+    q8 = write_gguf(tmp_path / "q8.gguf", llama_model("gqa"), "llama", "Q8_0", tokenizer_folder=tokenizer_dir)
+    spec = load_spec(q4)
+    assert decide_recipe(target, QuantOptions(), model_shape(spec)).overrides  # the override applies to this shape
+    assert decide_recipe(target, QuantOptions(), model_shape(spec, (q8,))).overrides
+    assert decide_recipe(target, QuantOptions(), model_shape(spec, (q4,))).overrides == ()
+    result = export(str(q4), target="cpu-int4", output=tmp_path / "int4", progress=False, fidelity=False)
+    recipe = json.loads((result.output / "manifest.json").read_text())["recipe"]
+    assert recipe["quantization"]["overrides"] == {}
+    # 4 packed Linears a layer (qkv, o, gate_up, down), all carried; only the int8 head and table re-round.
+    assert recipe["gguf_blocks"].startswith(f"{4 * spec.num_layers} Q4_0 carried as they are"), recipe["gguf_blocks"]

@@ -18,8 +18,9 @@ quantized by the recipe, as before; `CarryLog` counts both, for the summary and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,6 +63,24 @@ def can_carry(kind: str, bits: int, block_size: int, scale_dtype: str) -> bool:
     if _FORMATS.get(kind) != bits or block_size != BLOCK:
         return False
     return kind != "Q4_1" or (CARRY_FLOAT_ZERO_POINTS and scale_dtype == "float32")
+
+
+def carry_formats(weight_files: Iterable[Path]) -> frozenset[tuple[int, int]]:
+    """(bits, block) recipes into which some of these files' decoder Linears (blk.*) would be carried as they
+    are: the recipe must keep that block for them (quantize/recipe.py ModelShape.carry_formats), or the stored
+    codes are dequantized and rounded a second time. Empty for safetensors (nothing stored in blocks)."""
+    from phi3_edge.exporter.checkpoint import is_gguf
+    from phi3_edge.exporter.gguf.reader import open_gguf
+
+    carried_kinds = {k for k in _FORMATS if k != "Q4_1" or CARRY_FLOAT_ZERO_POINTS}
+    formats: set[tuple[int, int]] = set()
+    for path in weight_files:
+        if not is_gguf(path):
+            continue
+        tensors = open_gguf(path).tensors.values()
+        formats |= {(_FORMATS[t.type_name], BLOCK) for t in tensors
+                    if t.name.startswith("blk.") and len(t.shape) == 2 and t.type_name in carried_kinds}
+    return frozenset(formats)
 
 
 def carried_chunks(raw_rows: Iterator[np.ndarray], kind: str, k: int) -> Iterator[QuantizedBlocks]:
