@@ -63,13 +63,14 @@ class Sensitivity:
 
 def quantizer(recipe: LinearRecipe) -> Callable[[np.ndarray], np.ndarray]:
     """The dequantized weights a recipe gives (calibrated algorithms measured with their RTN grid)."""
-    if recipe.algo == "hqq":
-        return lambda w: dequantize(quantize_hqq(w, recipe.bits, recipe.block_size))
+    if recipe.algo == "hqq":  # the recipe's zero-point format: integer ("uint") and float HQQ differ in grid
+        return lambda w: dequantize(quantize_hqq(w, recipe.bits, recipe.block_size, zero_points=recipe.zero_points))
     return lambda w: dequantize(quantize_rtn(w, recipe.bits, recipe.block_size, recipe.symmetric))
 
 
 def zero_kind(recipe: LinearRecipe) -> str:
-    return "none" if recipe.symmetric else ("float" if recipe.algo == "hqq" else "uint")
+    """The zero-point input's format as the recipe records it: "none" | "uint" | "float" (its bytes differ)."""
+    return recipe.zero_points
 
 
 def recipe_bytes(n: int, k: int, recipe: LinearRecipe | None) -> int:

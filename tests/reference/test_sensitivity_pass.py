@@ -12,11 +12,18 @@ from safetensors.numpy import load_file, save_file
 from phi3_edge.exporter.build import model_shape
 from phi3_edge.exporter.checkpoint import resolve_checkpoint
 from phi3_edge.exporter.config import load_spec
-from phi3_edge.quantize.recipe import QuantOptions, decide_recipe
+from phi3_edge.quantize.blockwise import dequantize, quantize_hqq
+from phi3_edge.quantize.recipe import LinearRecipe, QuantOptions, QuantRecipe, decide_recipe, wide_recipe
 from phi3_edge.quantize.sensitivity import budget_bytes, choose_wide, matmul_nbits_bytes
 from phi3_edge.reference import calibrate as cal
 from phi3_edge.reference.checkpoint_side import EMBED_NAME, CheckpointSide
-from phi3_edge.reference.sensitivity_pass import Sensitivity, linear_shapes, measure_sensitivity
+from phi3_edge.reference.sensitivity_pass import (
+    Sensitivity,
+    linear_shapes,
+    measure_sensitivity,
+    quantizer,
+    recipe_bytes,
+)
 from phi3_edge.targets.table import TARGETS
 
 PLANTED = "model.layers.0.mlp.down_proj.weight"
@@ -27,29 +34,67 @@ def windows(vocab: int) -> list[list[int]]:
     return [rng.integers(0, vocab, 48).tolist() for _ in range(3)]
 
 
-def measure(folder: Path, propagate: int = 0) -> tuple[Sensitivity, int]:
+def cpu_int4_recipe(folder: Path, lm_head: str | None = None) -> QuantRecipe:
+    """cpu-int4's --mixed-precision recipe; lm_head None: the target's default (int8 head and tied table)."""
+    spec = load_spec(folder / "config.json")
+    return decide_recipe(TARGETS["cpu-int4"], QuantOptions(mixed_precision=True, lm_head=lm_head), model_shape(spec))
+
+
+def measure(folder: Path, propagate: int = 0, lm_head: str | None = None) -> tuple[Sensitivity, int]:
     checkpoint = resolve_checkpoint(str(folder))
     spec = load_spec(checkpoint.config_path)
-    recipe = decide_recipe(TARGETS["cpu-int4"], QuantOptions(mixed_precision=True), model_shape(spec))
     with CheckpointSide(spec, checkpoint.weight_files) as side:
-        measured = measure_sensitivity(side, windows(spec.vocab_size), recipe, propagate=propagate)
+        measured = measure_sensitivity(side, windows(spec.vocab_size), cpu_int4_recipe(folder, lm_head),
+                                       propagate=propagate)
         assert side.weight_map is None  # the pass's substitution does not outlive it
     return measured, spec.num_layers
 
 
+def nbits_bytes(n: int, k: int, recipe: LinearRecipe) -> int:
+    return matmul_nbits_bytes(n, k, recipe.bits, recipe.block_size, recipe.zero_points)
+
+
 def test_every_int4_tensor_and_the_table_is_a_candidate_with_its_int8_bytes(tiny_checkpoint) -> None:
+    """An int4 head (pinned: the target's default head is int8): every int4 tensor and the tied table compete,
+    each with the bytes its own format (gate_up's block-64 override included) adds at int8."""
     folder = tiny_checkpoint("partial_tied_wide")
-    measured, layers = measure(folder)
+    measured, layers = measure(folder, lm_head="int4")
+    recipe = cpu_int4_recipe(folder, "int4")
+    assert recipe.lm_head is not None and recipe.lm_head.bits == 4 and recipe.shared_table
     spec = load_spec(folder / "config.json")
     shapes = {name: nk for layer in range(layers) for name, nk in linear_shapes(spec, layer).items()}
+    formats = {name: recipe.for_tensor(name) for name in shapes} | {EMBED_NAME: recipe.lm_head}
+    assert any(f is not None and f.block_size != recipe.lm_head.block_size for f in formats.values())  # overrides
     by_name = {c.name: c for c in measured.candidates}
     assert set(by_name) == set(shapes) | {EMBED_NAME} and measured.table == EMBED_NAME  # tied: one table
     for name, (n, k) in {**shapes, EMBED_NAME: (spec.vocab_size, spec.hidden_size)}.items():
-        assert by_name[name].extra_bytes == matmul_nbits_bytes(n, k, 8, 32) - matmul_nbits_bytes(n, k, 4, 32)
+        narrow = formats[name]
+        assert narrow is not None and narrow.bits == 4
+        assert by_name[name].extra_bytes == nbits_bytes(n, k, wide_recipe(narrow)) - nbits_bytes(n, k, narrow)
         assert by_name[name].wide_error < by_name[name].narrow_error  # int8 measured closer to fp32 than int4
-    table = matmul_nbits_bytes(spec.vocab_size, spec.hidden_size, 4, 32)
+    table = nbits_bytes(spec.vocab_size, spec.hidden_size, recipe.lm_head)  # stored once: shared with lm_head
     norms = 4 * spec.hidden_size * (2 * layers + 1)
-    assert measured.plain_bytes == sum(matmul_nbits_bytes(n, k, 4, 32) for n, k in shapes.values()) + table + norms
+    body = sum(nbits_bytes(n, k, f) for name, (n, k) in shapes.items() if (f := formats[name]) is not None)
+    assert measured.plain_bytes == body + table + norms
+
+
+def test_an_int8_table_is_not_a_candidate_and_counts_at_its_bytes(tiny_checkpoint) -> None:
+    """cpu-int4's default head (and tied table) is already int8: nothing to widen there, only body Linears."""
+    folder = tiny_checkpoint("partial_tied_wide")
+    measured, layers = measure(folder)
+    recipe = cpu_int4_recipe(folder)
+    assert recipe.lm_head is not None and recipe.lm_head.bits == 8 and recipe.shared_table
+    spec = load_spec(folder / "config.json")
+    shapes = {name: nk for layer in range(layers) for name, nk in linear_shapes(spec, layer).items()}
+    assert {c.name for c in measured.candidates} == set(shapes) and measured.table is None
+    assert wide_recipe(recipe.lm_head) == recipe.lm_head  # widening it would change nothing
+    # The plain bytes hold the shared table once, in its int8 format: an int4 head's export differs by exactly that.
+    int4_head = cpu_int4_recipe(folder, "int4").lm_head
+    assert int4_head is not None
+    with_int4_head, _ = measure(folder, lm_head="int4")
+    v, h = spec.vocab_size, spec.hidden_size
+    table_delta = nbits_bytes(v, h, recipe.lm_head) - nbits_bytes(v, h, int4_head)
+    assert measured.plain_bytes - with_int4_head.plain_bytes == table_delta > 0
 
 
 @pytest.mark.parametrize("propagate", [0, 2])
@@ -97,8 +142,9 @@ def test_linear_shapes_match_the_checkpoint(tiny_checkpoint) -> None:
 
 def test_propagation_rescales_whole_layers_and_leaves_the_table(tiny_checkpoint) -> None:
     """propagate: one measured factor per layer (its four candidates keep their ratios), the table untouched."""
-    first, layers = measure(tiny_checkpoint("gqa"))
-    carried, _ = measure(tiny_checkpoint("gqa"), propagate=2)
+    first, layers = measure(tiny_checkpoint("gqa"), lm_head="int4")  # an int4 head: the table is a candidate
+    carried, _ = measure(tiny_checkpoint("gqa"), propagate=2, lm_head="int4")
+    assert first.table is not None and first.candidates[-1].name == first.table
     pairs = list(zip(first.candidates, carried.candidates, strict=True))
     assert [a.name for a, _ in pairs] == [b.name for _, b in pairs]
     for layer in range(layers):
@@ -106,3 +152,15 @@ def test_propagation_rescales_whole_layers_and_leaves_the_table(tiny_checkpoint)
                   for r in (b.narrow_error / a.narrow_error, b.wide_error / a.wide_error)}
         assert len(ratios) == 1 and next(iter(ratios)) > 0  # narrow and wide scores of every tensor alike
     assert pairs[-1][0] == pairs[-1][1]  # the table / lm_head candidate is scored at the end either way
+
+
+@pytest.mark.parametrize("zero_points", ["uint", "float"])
+def test_hqq_is_measured_and_counted_in_the_recipes_zero_point_format(zero_points: str) -> None:
+    """An HQQ recipe's scores use its own zero-point grid (integer and float HQQ round differently) and its
+    bytes count that zero-point input (a uint one is 4 bits per block here, a float one 4 bytes)."""
+    w = np.random.default_rng(0).normal(0, 1, (8, 64)).astype(np.float32)  # (N, K)
+    recipe = LinearRecipe(4, 32, 4, symmetric=False, algo="hqq", zero_points=zero_points)
+    expected = dequantize(quantize_hqq(w, 4, 32, zero_points=zero_points))
+    other = dequantize(quantize_hqq(w, 4, 32, zero_points="float" if zero_points == "uint" else "uint"))
+    assert np.array_equal(quantizer(recipe)(w), expected) and not np.array_equal(expected, other)
+    assert recipe_bytes(8, 64, recipe) == matmul_nbits_bytes(8, 64, 4, 32, zero_points)
