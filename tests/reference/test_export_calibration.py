@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +32,27 @@ from phi3_edge.reference.checkpoint_side import CheckpointSide
 TEXT = ("def add(a, b):\n    return a + b\n\nThe quick brown fox jumps over the lazy dog. " * 12)
 
 
-def expected_blocks(folder: Path, text: str) -> CalibratedBlocks:
+def recorded_format(out: Path) -> Callable[[str], tuple[int, int]]:
+    """Body Linear name -> (bits, block) as the export's manifest records it (cpu-int4: int4 block 32, gate_up
+    block 64 where 64 divides the hidden size): GPTQ's later layers see the earlier ones' rounding, so the
+    hand-run must quantize every Linear as the export did."""
+    recipe = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["recipe"]["quantization"]
+
+    def format_of(name: str) -> tuple[int, int]:
+        one = recipe["overrides"].get(name, recipe["body"])
+        return one["bits"], one["block_size"]
+
+    return format_of
+
+
+def expected_blocks(folder: Path, text: str, out: Path) -> CalibratedBlocks:
     checkpoint = resolve_checkpoint(str(folder))
     spec = load_spec(checkpoint.config_path)
     ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids
     window = min(cal.SEQUENCE, spec.max_position_embeddings)  # the tiny fixtures' rotary tables are short
     blocks = CalibratedBlocks("gptq")
     with CheckpointSide(spec, checkpoint.weight_files) as side:
-        cal.gptq_calibrate(side, cal.sequences_of(ids, window), lambda name: (4, 32), blocks.add)  # cpu-int4
+        cal.gptq_calibrate(side, cal.sequences_of(ids, window), recorded_format(out), blocks.add)
     return blocks
 
 
@@ -82,11 +96,13 @@ def test_api_export_gptq_builtin_text(tiny_checkpoint, tmp_path) -> None:
     folder = tiny_checkpoint("gqa")
     out = tmp_path / "gptq"
     api.export(str(folder), "cpu-int4", out, quant_algo="gptq", progress=False, fidelity=False)
-    blocks = expected_blocks(folder, cal.builtin_calibration_text())
+    blocks = expected_blocks(folder, cal.builtin_calibration_text(), out)
     assert_holds(out, blocks, folder)
     recipe = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["recipe"]
     assert recipe["quant_algo"] == "gptq"
     assert recipe["quantization"]["body"]["algo"] == "gptq" and recipe["quantization"]["body"]["symmetric"]
+    overrides = recipe["quantization"]["overrides"].values()
+    assert overrides and all(r["algo"] == "gptq" and r["block_size"] == 64 for r in overrides)  # gate_up's block
     assert recipe["calibration"]["source"] == "built-in" and recipe["calibration"]["tokens"] > 0
     heads = [recipe["quantization"][key] for key in ("lm_head", "embeddings")]
     assert heads[0] is not None and all(r["algo"] == "rtn" for r in heads if r)  # calibration covers the layers only
@@ -102,7 +118,7 @@ def test_cli_export_gptq_with_calibration_file(tiny_checkpoint, tmp_path) -> Non
     result = CliRunner().invoke(main, ["export", "-m", str(folder), "-t", "cpu-int4", "-o", str(out), "--quiet",
                                        "--no-fidelity", "--quant-algo", "gptq", "--calibration", str(text_file)])
     assert result.exit_code == 0, result.output
-    assert_holds(out, expected_blocks(folder, TEXT), folder)
+    assert_holds(out, expected_blocks(folder, TEXT, out), folder)
     calibration = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["recipe"]["calibration"]
     assert calibration["source"] == "mine.txt"
     assert calibration["sha256"] == hashlib.sha256(text_file.read_bytes()).hexdigest()
