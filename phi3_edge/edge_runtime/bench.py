@@ -7,7 +7,8 @@ bandwidth a decode step gets (it interleaves writes), so a runtime near the boun
 above 1. The weight bytes are the size of the external weights file (model.onnx.data). That file also holds
 the untied embedding table, of which a token reads one row, so this bound is pessimistic and the ratio
 flatters (for 4 Phi-3-mini layers in int4 the table is half the file). roofline_ratio_streamed uses the bytes
-a token really streams: the file minus every initializer that only a Gather reads (found by census.py).
+a token really streams: the file minus every initializer only a row lookup reads (Gather, or a quantized
+table's GatherBlockQuantized, also through its Reshape view; found by census.py).
 
 psutil (peak RSS polling) is optional: without it the kernel's ru_maxrss high-water mark is used.
 """

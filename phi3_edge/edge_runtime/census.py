@@ -22,7 +22,7 @@ from phi3_edge.onnx_wire import text as _text
 # onnx.proto3 field numbers we read.
 _MODEL_GRAPH = 7
 _GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 1, 5, 11, 12
-_NODE_INPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 4, 5, 7
+_NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 2, 4, 5, 7
 _TENSOR_NAME, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA = 8, 9, 13
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 _ATTR_GRAPH, _ATTR_GRAPHS = 6, 11  # If/Loop bodies: their nodes count too
@@ -36,8 +36,12 @@ _ELEM_TYPES = {1: "float32", 6: "int32", 7: "int64", 10: "float16", 11: "float64
 _VARINT = 0  # protobuf wire type of an integer field
 # Our attention op: its past/present buffers may be shared (updated in place), see kv_pass.py.
 GQA_OP = "com.microsoft.GroupQueryAttention"
-# Ops that read one row of their data input per token (an embedding lookup), not the whole tensor.
-_ROW_LOOKUPS = ("Gather", "com.microsoft.GatherBlockQuantized")
+# Ops that read one row per token (an embedding lookup), not the whole tensor, of these input slots: Gather's
+# data; GatherBlockQuantized's codes, scales and zero points (one block row each).
+_ROW_LOOKUPS = {"Gather": (0,), "com.microsoft.GatherBlockQuantized": (0, 2, 3)}
+# Ops that only re-view their first input: a quantized table's codes reach GatherBlockQuantized through a
+# Reshape (exporter/heads.py: the 2-D view of MatMulNBits' 3-D codes), so lookups are followed through them.
+_VIEWS = ("Reshape",)
 
 
 @dataclass(frozen=True)
@@ -83,11 +87,22 @@ def _parse(model: memoryview) -> GraphInfo:
     if graph is None:
         raise _Malformed("no graph")
     uses: dict[str, set[tuple[str, int]]] = {}
-    ops = _census(graph, Counter(), uses)
+    views: dict[str, list[str]] = {}
+    ops = _census(graph, Counter(), uses, views)
     sizes = {_text(tensor, _TENSOR_NAME): _tensor_bytes(tensor) for tensor in _all(graph, _GRAPH_INITIALIZER)}
-    lookup_only = sum(size for name, size in sizes.items()
-                      if uses.get(name) and all(op in _ROW_LOOKUPS and slot == 0 for op, slot in uses[name]))
+    lookup_only = sum(size for name, size in sizes.items() if _lookup_only(name, uses, views))
     return GraphInfo(ops, _values(graph, _GRAPH_INPUT), _values(graph, _GRAPH_OUTPUT), lookup_only)
+
+
+def _lookup_only(name: str, uses: dict[str, set[tuple[str, int]]], views: dict[str, list[str]]) -> bool:
+    """Every consumer of `name` reads one row per token: a row lookup's table slot, or a view (Reshape) whose
+    outputs are lookup-only in turn. A tied table also read by lm_head's MatMulNBits is streamed whole."""
+    def reads_rows(op: str, slot: int) -> bool:
+        if op in _VIEWS and slot == 0:
+            return all(_lookup_only(out, uses, views) for out in views.get(name, ()))
+        return slot in _ROW_LOOKUPS.get(op, ())
+
+    return bool(uses.get(name)) and all(reads_rows(op, slot) for op, slot in uses[name])
 
 
 def _tensor_bytes(tensor: memoryview) -> int:
@@ -104,18 +119,23 @@ def _only(buf: memoryview, number: int) -> memoryview | None:
     return values[0] if values else None
 
 
-def _census(graph: memoryview, counts: Counter[str], uses: dict[str, set[tuple[str, int]]]) -> Counter[str]:
-    """Count ops (subgraphs included) and record, per value name, which (op, input slot) consume it."""
+def _census(graph: memoryview, counts: Counter[str], uses: dict[str, set[tuple[str, int]]],
+            views: dict[str, list[str]]) -> Counter[str]:
+    """Count ops (subgraphs included) and record, per value name, which (op, input slot) consume it and, for
+    a view op's first input, the values it becomes."""
     for node in _all(graph, _GRAPH_NODE):
         domain, op = _text(node, _NODE_DOMAIN), _text(node, _NODE_OP_TYPE)
         name = f"{domain}.{op}" if domain not in ("", "ai.onnx") else op
         counts[name] += 1
-        for slot, value in enumerate(_all(node, _NODE_INPUT)):
-            uses.setdefault(bytes(value).decode("utf-8"), set()).add((name, slot))
+        inputs = [bytes(value).decode("utf-8") for value in _all(node, _NODE_INPUT)]
+        for slot, value in enumerate(inputs):
+            uses.setdefault(value, set()).add((name, slot))
+        if name in _VIEWS and inputs:
+            views.setdefault(inputs[0], []).extend(bytes(v).decode("utf-8") for v in _all(node, _NODE_OUTPUT))
         for attribute in _all(node, _NODE_ATTRIBUTE):
             for number in (_ATTR_GRAPH, _ATTR_GRAPHS):
                 for subgraph in _all(attribute, number):
-                    _census(subgraph, counts, uses)
+                    _census(subgraph, counts, uses, views)
     return counts
 
 

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from fixtures.table_bytes import gathered_table_bytes
 from phi3_edge.edge_runtime.artifact_info import inspect_artifact
 from phi3_edge.edge_runtime.census import read_graph_info
 from phi3_edge.errors import ArtifactError
@@ -61,3 +62,8 @@ def test_lookup_only_bytes_are_the_gathered_table(tiny_artifact) -> None:
     assert untied.lookup_only_bytes == 512 * 64 * 4  # vocab x hidden x float32
     assert read_graph_info(tiny_artifact("partial_tied") / "model.onnx").lookup_only_bytes == 512 * 64 * 4
     assert read_graph_info(tiny_artifact("partial_tied", "cpu-int4") / "model.onnx").lookup_only_bytes == 0
+    # An untied quantized table (cpu-int4's default): its codes reach GatherBlockQuantized through a Reshape, and
+    # its scales are lookup-only too.
+    quantized = tiny_artifact("gqa", "cpu-int4") / "model.onnx"
+    assert read_graph_info(quantized).ops["com.microsoft.GatherBlockQuantized"] == 1
+    assert read_graph_info(quantized).lookup_only_bytes == gathered_table_bytes(quantized) > 0
