@@ -45,7 +45,16 @@ def test_measured_export_stays_in_budget_records_its_choice_and_keeps_parity(tin
     applied, measured = manifest["quantization"], manifest["calibration"]["mixed_precision"]
     chosen = [c["tensor"] for c in measured["chosen"]]
     assert chosen and applied["size_budget"] == 1.15 and manifest["quant_algo"] == "rtn+int8-mixed"
-    assert [n for n in chosen if n != "model.embed_tokens.weight"] == list(applied["overrides"])
+    # The overrides: the chosen body Linears at int8 in their plain format's block (gate_up keeps cpu-int4's
+    # block 64), and the plain export's own block overrides on every tensor not chosen, as they were.
+    plain_recipe = json.loads((tmp_path / "int4" / "manifest.json").read_text())["recipe"]["quantization"]
+    body_chosen = [n for n in chosen if n != "model.embed_tokens.weight"]
+    widened = {n: r for n, r in applied["overrides"].items() if r["bits"] == 8}
+    assert len(body_chosen) == len(set(body_chosen)) and set(widened) == set(body_chosen)
+    assert all(r["block_size"] == plain_recipe["overrides"].get(n, plain_recipe["body"])["block_size"]
+               for n, r in widened.items())
+    kept = {n: r for n, r in applied["overrides"].items() if n not in widened}
+    assert kept == {n: r for n, r in plain_recipe["overrides"].items() if n not in widened}
     assert all(c["int8_error"] < c["int4_error"] for c in measured["chosen"])
     # The bytes: what the export holds, against the plain int4 export of the same checkpoint.
     plain, mixed = data_bytes(tmp_path / "int4"), data_bytes(tmp_path / "mixed")
@@ -54,7 +63,7 @@ def test_measured_export_stays_in_budget_records_its_choice_and_keeps_parity(tin
     graph = onnx.load(str(tmp_path / "mixed" / "model.onnx"), load_external_data=False).graph
     wide = {n.name.split("/")[0] for n in graph.node if n.op_type == "MatMulNBits"
             and next(a.i for a in n.attribute if a.name == "bits") == 8}
-    assert {name.removesuffix(".weight") for name in applied["overrides"]} <= wide
+    assert {name.removesuffix(".weight") for name in widened} <= wide
     # Parity like every int4 export (tests/targets/test_table.py's bounds), and closer to fp32 than plain int4.
     spec = load_spec(checkpoint / "config.json")
     logits = {name: ort_incremental(tmp_path / name / "model.onnx", PROMPT, 0, spec.num_layers, spec.num_kv_heads,
