@@ -3,7 +3,7 @@ initializers -> onnxruntime."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from phi3_edge.exporter.tensor_writer import TensorWriter
 from phi3_edge.exporter.weight_source import WeightSource
 from phi3_edge.exporter.weights import WeightStore
 from phi3_edge.quantize.blockwise import dequantize, quantize_hqq, quantize_rtn
-from phi3_edge.quantize.recipe import LinearRecipe, QuantOptions, decide_recipe
+from phi3_edge.quantize.recipe import LinearRecipe, QuantOptions, QuantRecipe, decide_recipe
 from phi3_edge.targets.table import TARGETS, Target
 
 N, K = 80, 200  # K = 6.25 blocks of 32: the last block is partial
@@ -147,27 +147,36 @@ def test_float16_io(tmp_path, recipe):
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-3
 
 
-def fake_quantized_checkpoint(weights: Path, folder: Path, tied: bool, recipe: dict) -> Path:
-    """The checkpoint with every Linear weight replaced by dequantize(quantize(W)), as fp32.
+def fake_quantized_checkpoint(weights: Path, folder: Path, tied: bool, recipe: QuantRecipe) -> Path:
+    """The checkpoint with every Linear weight replaced by dequantize(quantize(W)) in the format the export's
+    recipe gives it (the body's, a per-tensor override's, lm_head's), as fp32.
 
     Quantization is per row, so it does not matter that a split Q/K/V quantizes row ranges separately.
     A tied head is quantized while the embedding table is not: it becomes an explicit lm_head.weight.
     """
+    def fake_of(w: np.ndarray, linear: LinearRecipe | None) -> np.ndarray:
+        assert linear is not None, "this test quantizes every Linear"
+        return dequantize(reference_blocks(w, asdict(linear)))
+
     tensors = load_file(str(weights))
-    fake = {name: dequantize(reference_blocks(w, recipe)) if w.ndim == 2 and name != EMBED else w
-            for name, w in tensors.items()}
+    fake = {name: fake_of(w, recipe.lm_head if name == "lm_head.weight" else recipe.for_tensor(name))
+            if w.ndim == 2 and name != EMBED else w for name, w in tensors.items()}
     if tied:
-        fake["lm_head.weight"] = dequantize(reference_blocks(tensors[EMBED], recipe))
+        fake["lm_head.weight"] = fake_of(tensors[EMBED], recipe.lm_head)
     folder.mkdir()
     save_file(fake, str(folder / "model.safetensors"))
     return folder / "model.safetensors"
 
 
-def decoder_logits(spec: Phi3Spec, target: Target, files: tuple[Path, ...], folder: Path, algo: str = "rtn"):
-    folder.mkdir()
+def decoder_recipe(spec: Phi3Spec, target: Target, algo: str = "rtn") -> QuantRecipe:
     # Float embeddings: this test isolates the Linears (the shared quantized table is tests/exporter/test_heads.py).
-    recipe = decide_recipe(target, QuantOptions(algo=algo, embeddings="float"), model_shape(spec))
-    export_graph(spec, target, files, folder, recipe=recipe)
+    return decide_recipe(target, QuantOptions(algo=algo, embeddings="float"), model_shape(spec))
+
+
+def decoder_logits(spec: Phi3Spec, target: Target, files: tuple[Path, ...], folder: Path,
+                   recipe: QuantRecipe | None = None):
+    folder.mkdir()
+    export_graph(spec, target, files, folder, recipe=recipe or decoder_recipe(spec, target))
     got = ort_incremental(folder / "model.onnx", [3, 17, 42, 7, 99, 5], 0, spec.num_layers, spec.num_kv_heads,
                           spec.head_dim)
     return got.prompt_logits
@@ -177,14 +186,16 @@ def decoder_logits(spec: Phi3Spec, target: Target, files: tuple[Path, ...], fold
                          [("partial_tied", "rtn", True), ("gqa", "rtn", False), ("gqa", "hqq", True)])
 def test_decoder_equals_fp32_export_of_fake_quantized_weights(tiny_checkpoint, tmp_path, variant, algo, packed_qkv):
     """Whole decoder at accuracy_level 0: the int4 graph computes what the fp32 graph computes on
-    dequantize(quantize(W)) for every Linear (q/k/v row ranges and a tied lm_head included)."""
+    dequantize(quantize(W)) for every Linear (q/k/v row ranges, the target's per-tensor formats such as
+    cpu-int4's int8 lm_head and gate_up block, and a tied lm_head included)."""
     checkpoint = tiny_checkpoint(variant)
     spec = load_spec(checkpoint / "config.json")
     (weights,) = sorted(checkpoint.glob("*.safetensors"))
     int4 = replace(TARGETS["cpu-int4"], accuracy_level=0, packed_qkv=packed_qkv)
-    recipe = {"bits": 4, "block_size": 32, "symmetric": algo == "rtn", "algo": algo}
+    recipe = decoder_recipe(spec, int4, algo)
+    assert recipe.body is not None and recipe.body.bits == 4 and recipe.body.algo == algo
     fake = fake_quantized_checkpoint(weights, tmp_path / "fake", spec.tie_word_embeddings, recipe)
-    got = decoder_logits(spec, int4, (weights,), tmp_path / "int4", algo)
+    got = decoder_logits(spec, int4, (weights,), tmp_path / "int4", recipe)
     expected = decoder_logits(replace(spec, tie_word_embeddings=False), replace(TARGETS["cpu-fp32"],
                               packed_qkv=packed_qkv), (fake,), tmp_path / "fp32")
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
