@@ -15,7 +15,9 @@ from click.testing import CliRunner, Result
 
 from phi3_edge import api
 from phi3_edge.cli import main
+from phi3_edge.graph_features import read_graph_features
 from phi3_edge.quantize.recipe import OPTION_ALGOS
+from phi3_edge.runtime_compat import min_runtime, parse_version
 
 RECIPE = """
 output = "out"
@@ -68,7 +70,18 @@ def test_build_passes_two_targets_fails_one_and_says_which(built: tuple[Path, Re
         folder = out / name
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         assert f"onnx/{onnx_file}" in manifest["files"] and manifest["layout"] == "optimum"
-        assert manifest["min_runtime"]["onnxruntime"] == "1.18.0"
+        # The record is what the graph uses (runtime_compat's table): cpu-fp32 only IR 10 / opset 21 (1.18.0);
+        # cpu-int4's defaults, an int8 lm_head (MatMulNBits bits=8, 1.22.0) and the demo's untied table as
+        # GatherBlockQuantized in that format (its `bits` attribute, 1.23.0), raise it.
+        assert manifest["min_runtime"] == min_runtime(read_graph_features(folder / "onnx" / onnx_file)).to_json()
+        quantization, record = manifest["recipe"]["quantization"], manifest["min_runtime"]
+        head, table = quantization["lm_head"], quantization["embeddings"]
+        if head is None and table is None:
+            assert record["onnxruntime"] == "1.18.0"
+        if table is not None and table["bits"] == 8:
+            assert any("GatherBlockQuantized with the `bits` attribute" in why for why in record["reasons"])
+        if head is not None and head["bits"] == 8:
+            assert parse_version(record["onnxruntime"]) >= parse_version("1.22.0")
         assert all(status.problem is None for status in api.verify(folder).files)
 
 
