@@ -42,7 +42,8 @@ class GraphStats:
 
 def model_shape(spec: Phi3Spec, weight_files: tuple[Path, ...] = ()) -> ModelShape:
     """What the quantization recipe needs to know about the model (and its GGUF files' carryable blocks)."""
-    return ModelShape(spec.num_layers, spec.hidden_size, spec.tie_word_embeddings, carry_formats(weight_files))
+    return ModelShape(spec.num_layers, spec.hidden_size, spec.tie_word_embeddings, carry_formats(weight_files),
+                      carry_formats(weight_files, head=True))
 
 
 def export_graph(spec: Phi3Spec, target: Target, weight_files: tuple[Path, ...], folder: Path,

@@ -112,6 +112,9 @@ class ModelShape:
     # (bits, block) recipes into which a GGUF source's stored decoder blocks are carried as they are
     # (exporter/gguf/carry.py carry_formats): a body in one of them keeps its block for every Linear.
     carry_formats: frozenset[tuple[int, int]] = frozenset()
+    # The same for the lm_head's stored tensor: a body format it is carried into wins over the target's
+    # lm_head_bits (a Q4_0 head carried at int4 is exact; at int8 it would be re-rounded at twice the bytes).
+    head_carry_formats: frozenset[tuple[int, int]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def decide_recipe(target: Target, options: QuantOptions, model: ModelShape) -> Q
     """The one place that decides what each weight becomes (RecipeError for a combination that cannot work)."""
     check_options(target, options)
     body = _body(target, options)
-    head = _lm_head(target, options, body)
+    head = _lm_head(target, options, body, model)
     table = _table(target, options, model, head)
     shared = table is not None and model.tied and head is not None
     return QuantRecipe(body, _block_overrides(target, model, body), table if shared else head, table, shared,
@@ -234,9 +237,11 @@ def widen(recipe: QuantRecipe, names: Sequence[str], table_name: str | None = No
     return replace(recipe, overrides=tuple(overrides.items()), lm_head=head, embeddings=table)
 
 
-def _lm_head(target: Target, options: QuantOptions, body: LinearRecipe | None) -> LinearRecipe | None:
+def _lm_head(target: Target, options: QuantOptions, body: LinearRecipe | None,
+             model: ModelShape | None = None) -> LinearRecipe | None:
     choice = options.lm_head
-    if choice is None and body is not None and target.lm_head_bits not in (None, body.bits):
+    carried = model is not None and body is not None and (body.bits, body.block_size) in model.head_carry_formats
+    if choice is None and body is not None and target.lm_head_bits not in (None, body.bits) and not carried:
         # The target's measured head width (targets/table.py lm_head_bits), RTN in the body's block.
         return LinearRecipe(target.lm_head_bits, body.block_size, body.accuracy_level, target.symmetric, "rtn")
     if choice is None and body is not None and body.algo in CALIBRATED_ALGOS:

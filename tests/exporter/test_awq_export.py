@@ -168,9 +168,7 @@ def test_gguf_awq_carries_no_folded_tensor(tmp_path) -> None:
     path = write_gguf(tmp_path / "q4.gguf", llama_model("gqa"), "llama", "Q4_0", tokenizer_folder=tokenizer)
     spec = load_spec(path)
     api.export(str(path), "cpu-fp32", tmp_path / "fp32", progress=False)
-    # lm_head="int4": the head in the body's format, so its stored blocks can be carried (an int8 head re-rounds)
-    api.export(str(path), "cpu-int4", tmp_path / "awq", quant_algo="awq", progress=False, fidelity=False,
-               lm_head="int4")
+    api.export(str(path), "cpu-int4", tmp_path / "awq", quant_algo="awq", progress=False, fidelity=False)
     recipe = json.loads((tmp_path / "awq" / "manifest.json").read_text(encoding="utf-8"))["recipe"]
     assert f"{3 * spec.num_layers} Q4_0 dequantized and re-quantized" in recipe["gguf_blocks"], recipe["gguf_blocks"]
     assert "Q4_0 carried as they are" in recipe["gguf_blocks"]

@@ -96,20 +96,22 @@ def test_block_conversion_is_exact(qtype: str) -> None:
     np.testing.assert_allclose(ours.reshape(6, 96), gguf.quants.dequantize(raw, kind), rtol=0, atol=1e-6)
 
 
-def test_carry_wins_over_a_block_override(tokenizer_dir: Path, tmp_path: Path) -> None:
-    """cpu-int4's gate_up block 64 would dequantize Q4_0's blocks of 32 and round them again: a Q4_0 source keeps
-    its block for every decoder Linear (all carried), while a Q8_0 source (not carried into int4) and safetensors
-    keep the override."""
+def test_carry_wins_over_the_targets_per_tensor_formats(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """cpu-int4's gate_up block 64 and int8 head would dequantize Q4_0's int4 blocks of 32 and round them again:
+    a Q4_0 source keeps its format for every decoder Linear and the head (all carried, exact), while a Q8_0 source
+    (not carried into int4; its head is carried at int8) and safetensors keep the target's formats."""
     target = get_target("cpu-int4")
-    assert target.block_overrides, "the rule needs a target with a block override"
+    assert target.block_overrides and target.lm_head_bits == 8, "the rule needs a target with both"
     q4 = write_gguf(tmp_path / "q4.gguf", llama_model("gqa"), "llama", "Q4_0", tokenizer_folder=tokenizer_dir)
     q8 = write_gguf(tmp_path / "q8.gguf", llama_model("gqa"), "llama", "Q8_0", tokenizer_folder=tokenizer_dir)
     spec = load_spec(q4)
-    assert decide_recipe(target, QuantOptions(), model_shape(spec)).overrides  # the override applies to this shape
-    assert decide_recipe(target, QuantOptions(), model_shape(spec, (q8,))).overrides
-    assert decide_recipe(target, QuantOptions(), model_shape(spec, (q4,))).overrides == ()
+    for files in ((), (q8,)):
+        kept = decide_recipe(target, QuantOptions(), model_shape(spec, files))
+        assert kept.overrides and kept.lm_head is not None and kept.lm_head.bits == 8, files
+    carried = decide_recipe(target, QuantOptions(), model_shape(spec, (q4,)))
+    assert carried.overrides == () and carried.lm_head == carried.body
     result = export(str(q4), target="cpu-int4", output=tmp_path / "int4", progress=False, fidelity=False)
     recipe = json.loads((result.output / "manifest.json").read_text())["recipe"]
     assert recipe["quantization"]["overrides"] == {}
-    # 4 packed Linears a layer (qkv, o, gate_up, down), all carried; only the int8 head and table re-round.
-    assert recipe["gguf_blocks"].startswith(f"{4 * spec.num_layers} Q4_0 carried as they are"), recipe["gguf_blocks"]
+    # 4 packed Linears a layer (qkv, o, gate_up, down), lm_head and the untied table: every one carried.
+    assert recipe["gguf_blocks"] == f"{4 * spec.num_layers + 2} Q4_0 carried as they are", recipe["gguf_blocks"]

@@ -65,10 +65,11 @@ def can_carry(kind: str, bits: int, block_size: int, scale_dtype: str) -> bool:
     return kind != "Q4_1" or (CARRY_FLOAT_ZERO_POINTS and scale_dtype == "float32")
 
 
-def carry_formats(weight_files: Iterable[Path]) -> frozenset[tuple[int, int]]:
-    """(bits, block) recipes into which some of these files' decoder Linears (blk.*) would be carried as they
-    are: the recipe must keep that block for them (quantize/recipe.py ModelShape.carry_formats), or the stored
-    codes are dequantized and rounded a second time. Empty for safetensors (nothing stored in blocks)."""
+def carry_formats(weight_files: Iterable[Path], head: bool = False) -> frozenset[tuple[int, int]]:
+    """(bits, block) recipes into which some of these files' decoder Linears (blk.*; head: the lm_head's
+    tensor, output or a tied token_embd) would be carried as they are: the recipe must keep that format for
+    them (quantize/recipe.py ModelShape), or the stored codes are dequantized and rounded a second time.
+    Empty for safetensors (nothing stored in blocks)."""
     from phi3_edge.exporter.checkpoint import is_gguf
     from phi3_edge.exporter.gguf.reader import open_gguf
 
@@ -77,9 +78,12 @@ def carry_formats(weight_files: Iterable[Path]) -> frozenset[tuple[int, int]]:
     for path in weight_files:
         if not is_gguf(path):
             continue
-        tensors = open_gguf(path).tensors.values()
-        formats |= {(_FORMATS[t.type_name], BLOCK) for t in tensors
-                    if t.name.startswith("blk.") and len(t.shape) == 2 and t.type_name in carried_kinds}
+        tensors = open_gguf(path).tensors
+        if head:
+            chosen = [tensors[n] for n in ("output.weight", "token_embd.weight") if n in tensors][:1]
+        else:
+            chosen = [t for t in tensors.values() if t.name.startswith("blk.") and len(t.shape) == 2]
+        formats |= {(_FORMATS[t.type_name], BLOCK) for t in chosen if t.type_name in carried_kinds}
     return frozenset(formats)
 
 
