@@ -38,12 +38,18 @@ def hessian_factor(h: np.ndarray, damp: float = DEFAULT_DAMP, act_order: bool = 
     perm = None
     if act_order:
         perm = np.argsort(-np.diag(h), kind="stable")
-        h = h[perm][:, perm]  # (K, K) permuted
+        h = h[np.ix_(perm, perm)]  # (K, K) permuted, one copy (the unpermuted one is dropped here)
     h[np.diag_indices_from(h)] += damp * float(np.mean(np.diag(h)))
+    # Each (K, K) float64 step is dropped as soon as the next exists: at most two are alive at once (down_proj's
+    # K = 8192 at Phi-3-mini is 537 MB apiece; holding all six was the calibration's peak).
     lower = np.linalg.cholesky(h)
+    del h
     inv = np.linalg.inv(lower)  # H^-1 = inv.T @ inv
+    del lower
     h_inv = inv.T @ inv
+    del inv
     upper = np.linalg.cholesky(h_inv).T  # (K, K) upper: H^-1 = U.T @ U
+    del h_inv
     return upper.astype(np.float32), perm, dead
 
 
@@ -71,7 +77,8 @@ def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, *, d
     codes = np.zeros((rows, blocks_n * block_size), dtype=np.uint8)
     codes[:, k:] = z  # padding: code z is 0.0
     codes[:, :k][:, dead] = z
-    cols = work[:, :k][:, order]  # (N, K) in visiting order
+    cols = work[:, :k][:, order]  # (N, K) in visiting order, a copy: `work` is not needed past this point
+    del work
     width = max(PANEL, block_size)  # a multiple of the block: a block's columns all lie in one panel
     for start in range(0, k, width):
         stop = min(k, start + width)

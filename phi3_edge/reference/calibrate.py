@@ -82,7 +82,13 @@ class LayerStats:
     def add(self, name: str, x: np.ndarray, hessian: bool) -> None:
         x64 = x.astype(np.float64)  # (S, K)
         if hessian:
-            self.hessians[name] = self.hessians.get(name, 0.0) + x64.T @ x64  # (K, K)
+            gram = x64.T @ x64  # (K, K)
+            held_h = self.hessians.get(name)
+            if held_h is None:
+                self.hessians[name] = np.add(gram, 0.0, out=gram)  # same bits as 0.0 + gram, no second copy
+            else:
+                held_h += gram  # in place: one (K, K) sum alive, not two
+            del gram
         self.abs_mean[name] = self.abs_mean.get(name, 0.0) + np.abs(x64).sum(axis=0)
         self.tokens[name] = self.tokens.get(name, 0) + len(x)
         held = self.samples.setdefault(name, [])
@@ -112,8 +118,8 @@ def gptq_calibrate(side: CheckpointSide, sequences: Sequence[Sequence[int]], pla
     states = [side.embed(ids) for ids in sequences]
     for layer in range(side.num_layers):
         stats = layer_stats(side, layer, states, hessian=True)
-        done.clear()
-        for name, h in stats.hessians.items():
+        for name in list(stats.hessians):
+            h = stats.hessians.pop(name)  # released once this tensor is quantized (down_proj's alone is K=8192)
             shape = plan(name)
             if shape is None:
                 continue
@@ -123,8 +129,12 @@ def gptq_calibrate(side: CheckpointSide, sequences: Sequence[Sequence[int]], pla
             factor = hessian_factor(h, damp, act_order)
             blocks = quantize_gptq(w, h, shape[0], shape[1], damp=damp, act_order=act_order, factor=factor)
             sink(name, blocks)
+            del w, factor
             done[name] = dequantize(blocks)
+            del blocks, h
+        del stats
         states = side.run_layer(layer, states)  # this layer's outputs with its quantized weights
+        done.clear()  # the next layer reads its own weights: these are not needed again
         if on_layer is not None:
             on_layer(layer)
     side.weight_map = None
