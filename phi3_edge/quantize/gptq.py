@@ -27,11 +27,14 @@ PANEL = 128  # columns updated eagerly; the rest of W gets one matrix product pe
 DEFAULT_DAMP = 0.01  # fraction of mean(diag H) added to the diagonal: GPTQ's default, keeps H^-1 well-posed
 
 
-def hessian_factor(h: np.ndarray, damp: float = DEFAULT_DAMP, act_order: bool = False
-                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def hessian_factor(h: np.ndarray, damp: float = DEFAULT_DAMP, act_order: bool = False, *,
+                   overwrite: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(U, perm, dead) for a (K, K) Hessian: U upper Cholesky factor of the damped H^-1 (in perm's order when
-    act_order, columns by decreasing diag H), dead: columns no calibration input ever reached (diag 0)."""
-    h = np.array(h, dtype=np.float64)  # (K, K), a copy: damped in place
+    act_order, columns by decreasing diag H), dead: columns no calibration input ever reached (diag 0).
+
+    `overwrite`: h (float64) may be damped in place instead of copied; the caller must not use it again
+    (calibration hands over each tensor's Hessian this way, so the copy never coexists with it)."""
+    h = np.asarray(h, dtype=np.float64) if overwrite else np.array(h, dtype=np.float64)  # (K, K): damped in place
     diag = np.diag(h)
     dead = diag <= 0
     h[dead, dead] = 1.0  # such a column never affects the output: any value of it is optimal
@@ -53,17 +56,22 @@ def hessian_factor(h: np.ndarray, damp: float = DEFAULT_DAMP, act_order: bool = 
     return upper.astype(np.float32), perm, dead
 
 
-def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, *, damp: float = DEFAULT_DAMP,
+def quantize_gptq(w: np.ndarray, h: np.ndarray | None, bits: int, block_size: int, *, damp: float = DEFAULT_DAMP,
                   act_order: bool = False, scale_dtype: str = "float32",
                   factor: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None) -> QuantizedBlocks:
     """GPTQ of an (N, K) chunk of rows against the Hessian h (K, K) of its Linear's inputs.
 
-    `factor`: hessian_factor(h, damp, act_order), computed once per tensor when it is quantized in row chunks.
+    `factor`: hessian_factor(h, damp, act_order), computed once per tensor when it is quantized in row chunks
+    (h may then be None: it is not read again).
     Returns MatMulNBits' symmetric blocks (codes, scales; zero points None), like quantize_rtn(symmetric=True).
     """
     check_bits_and_block(bits, block_size)
     rows, k = w.shape
-    upper, perm, dead = factor if factor is not None else hessian_factor(h, damp, act_order)
+    if factor is None:
+        if h is None:
+            raise ValueError("quantize_gptq needs the Hessian h or its factor")
+        factor = hessian_factor(h, damp, act_order)
+    upper, perm, dead = factor
     blocks_n = -(-k // block_size)
     work = np.zeros((rows, blocks_n * block_size), dtype=np.float32)  # (N, K padded); padding stays 0 = exact
     work[:, :k] = w

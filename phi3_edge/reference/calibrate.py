@@ -119,19 +119,21 @@ def gptq_calibrate(side: CheckpointSide, sequences: Sequence[Sequence[int]], pla
     for layer in range(side.num_layers):
         stats = layer_stats(side, layer, states, hessian=True)
         for name in list(stats.hessians):
-            h = stats.hessians.pop(name)  # released once this tensor is quantized (down_proj's alone is K=8192)
             shape = plan(name)
             if shape is None:
+                del stats.hessians[name]
                 continue
-            w = side.store.read_rows(side.store.info(name, (side.store.rows_of(name), h.shape[0])), 0,
+            k = stats.hessians[name].shape[0]
+            # The Hessian is handed over (popped, factorised in place): down_proj's alone is K = 8192, 537 MB.
+            factor = hessian_factor(stats.hessians.pop(name), damp, act_order, overwrite=True)
+            w = side.store.read_rows(side.store.info(name, (side.store.rows_of(name), k)), 0,
                                      side.store.rows_of(name))  # (N, K) fp32
             w = start(name, w)
-            factor = hessian_factor(h, damp, act_order)
-            blocks = quantize_gptq(w, h, shape[0], shape[1], damp=damp, act_order=act_order, factor=factor)
+            blocks = quantize_gptq(w, None, shape[0], shape[1], damp=damp, act_order=act_order, factor=factor)
             sink(name, blocks)
             del w, factor
             done[name] = dequantize(blocks)
-            del blocks, h
+            del blocks
         del stats
         states = side.run_layer(layer, states)  # this layer's outputs with its quantized weights
         done.clear()  # the next layer reads its own weights: these are not needed again
