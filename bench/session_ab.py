@@ -34,7 +34,8 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "default": Variant(SessionTuning()),
-    "spin": Variant(SessionTuning(spinning=True)),  # onnxruntime's own default
+    "spin": Variant(SessionTuning(spinning=True)),  # onnxruntime's own default (and ours, measured quiet)
+    "no-spin": Variant(SessionTuning(spinning=False)),  # measured faster on a shared, loaded machine
     "spin-100us": Variant(SessionTuning(spinning=True, spin_duration_us=100)),
     "dynamic-block-4": Variant(SessionTuning(dynamic_block_base=4)),
     "pinned": Variant(SessionTuning(pin_threads=True)),

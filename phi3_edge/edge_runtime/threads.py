@@ -43,15 +43,18 @@ class SessionTuning:
     The defaults are the measured choice: bench/session_ab.py on mini-8l cpu-int4 (Phi-3-mini shapes, 8 of 32
     layers), 2 threads, prompt 128, 32 new tokens, on a shared 2-core machine; each figure is the median over
     interleaved rounds of (variant / ORT's defaults) in the same round, three runs at load averages ~3, ~10
-    and ~14. Only spinning moved decode beyond the noise, in the same direction every time; everything else
-    stays at onnxruntime's default. Other values exist for that bench and for a deployment that measures its
-    own machine (a dedicated, quiet one may prefer spinning: re-run the bench there).
+    and ~14 and one on a quiet machine. Only spinning moved decode beyond the noise, and its sign depends on
+    the load (below); everything else stays at onnxruntime's default. Other values exist for that bench and
+    for a deployment that measures its own machine.
     """
 
-    # No spinning: decode ms/token 0.60x, 0.95x, 0.70x of spinning (TTFT 0.92x, 1.31x, 0.90x). A spinning
-    # pool thread keeps its core busy between kernels and between steps; where the cores are shared (a phone,
-    # a laptop, other processes) that core is taken from the thread doing the work. It also burns power.
-    spinning: bool = False
+    # Spinning (ORT's default) on a quiet machine: decode ms/token 0.815x of no spinning, TTFT 0.96x
+    # (session_ab --variants default spin --rounds 5, 64 new tokens, load ~0.8): the measured default, since
+    # an edge device generating is mostly running just that. On a shared machine the other way round: no
+    # spinning measured 0.60x, 0.95x, 0.70x (TTFT 0.92x, 1.31x, 0.90x) at load ~3, ~10, ~14, because a
+    # spinning pool thread keeps its core busy between kernels, taken from the thread doing the work (and it
+    # burns power): SessionTuning(spinning=False) there.
+    spinning: bool = True
     # With spinning, None: ORT's own spin time; 100 us: 0.57x, 1.24x (noise); spinning only inside a run
     # (session.force_spinning_stop): 1.49x, 1.10x (no gain)
     spin_duration_us: int | None = None
