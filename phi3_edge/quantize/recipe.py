@@ -259,13 +259,13 @@ def _lm_head(target: Target, options: QuantOptions, body: LinearRecipe | None,
 
 def _table(target: Target, options: QuantOptions, model: ModelShape,
            head: LinearRecipe | None) -> LinearRecipe | None:
-    """The embedding table: quantized when asked, or by default when tied to a quantized lm_head (stored once).
+    """The embedding table: quantized when asked, or by default with a quantized lm_head when tied (stored
+    once) or when the target's measurements say so (targets/table.py quantize_embeddings: a Gather of one row
+    costs nothing).
 
     GatherBlockQuantized takes no float zero points, so tables are always RTN-rounded; its 2-D view of the
     codes needs whole blocks per row (padding would change the gathered width).
     """
-    # By default a tied table is quantized with its quantized head (stored once); an untied one where the
-    # target's measurements say so (targets/table.py quantize_embeddings: a Gather of one row costs nothing).
     by_default = head is not None and (model.tied or target.quantize_embeddings)
     wanted = options.embeddings == "quantized" or (options.embeddings is None and by_default)
     if not wanted:

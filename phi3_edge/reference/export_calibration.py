@@ -30,7 +30,7 @@ from phi3_edge.quantize.awq import AwqScales, Quantizer
 from phi3_edge.quantize.blockwise import quantize_rtn
 from phi3_edge.quantize.calibrated import CalibratedBlocks
 from phi3_edge.quantize.calibration import Calibration
-from phi3_edge.quantize.recipe import LinearRecipe, QuantRecipe
+from phi3_edge.quantize.recipe import CALIBRATED_ALGOS, LinearRecipe, QuantRecipe
 from phi3_edge.reference import calibrate as cal
 from phi3_edge.reference.checkpoint_side import CheckpointSide
 from phi3_edge.reference.sensitivity_pass import measured_recipe
@@ -57,7 +57,7 @@ def calibrator(path: Path | None, progress: bool | None) -> Calibrator:
             if recipe.size_budget is not None:  # --mixed-precision: measure what to widen, for any body algorithm
                 with _progress(progress, spec.num_layers, "int8 sensitivity") as step:
                     recipe, record["mixed_precision"] = measured_recipe(side, sequences, recipe, step)
-            if algo not in ("awq", "gptq"):
+            if algo not in CALIBRATED_ALGOS:
                 return Calibration(recipe, record=record)  # rtn/hqq: the measured recipe is all this pass gives
             with _progress(progress, spec.num_layers, algo) as step:
                 if algo == "awq":
