@@ -39,6 +39,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from phi3_edge.quantize.sensitivity import matmul_nbits_bytes
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MB = 1e6
@@ -66,8 +68,8 @@ STREAM_BYTES = 64 << 20  # per graph: well past the L2/L3 a single matrix would 
 
 
 def nbits_bytes(k: int, n: int, bits: int, block: int) -> int:
-    blocks = -(-k // block)
-    return n * blocks * block * bits // 8 + n * blocks * 4  # codes (K padded to whole blocks) + fp32 scales
+    """Symmetric MatMulNBits bytes (codes with K padded to whole blocks, fp32 scales), as the exporter stores."""
+    return matmul_nbits_bytes(n, k, bits, block)
 
 
 def copies_for(shape: Shape) -> int:

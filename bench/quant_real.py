@@ -28,7 +28,7 @@ from phi3_edge.exporter.config import Phi3Spec, load_spec
 from phi3_edge.quantize.blockwise import QuantizedBlocks, dequantize, quantize_hqq, quantize_rtn
 from phi3_edge.quantize.mixed import down_proj_name, uses_more_bits
 from phi3_edge.quantize.recipe import LinearRecipe, QuantRecipe
-from phi3_edge.quantize.sensitivity import budget_bytes, choose_wide
+from phi3_edge.quantize.sensitivity import budget_bytes, choose_wide, matmul_nbits_bytes
 from phi3_edge.reference import calibrate as cal
 from phi3_edge.reference.checkpoint_side import EMBED_NAME, CheckpointSide, WeightMap
 from phi3_edge.reference.sensitivity_pass import Sensitivity, measure_sensitivity
@@ -59,9 +59,7 @@ def held_out_texts() -> dict[str, str]:
 
 def quantized_bytes(params: int, k: int, bits: int, block: int, zero: str) -> int:
     """MatMulNBits bytes for `params` weights of rows of K: codes, fp32 scales, zero points (none/u4/float)."""
-    blocks = params // k * -(-k // block)
-    extra = {"none": 0, "uint": -(-blocks * bits // 8), "float": blocks * 4}[zero]
-    return params * bits // 8 + blocks * 4 + extra
+    return matmul_nbits_bytes(params // k, k, bits, block, zero)
 
 
 BlockFn = Callable[[np.ndarray], QuantizedBlocks]

@@ -68,14 +68,9 @@ def quantizer(recipe: LinearRecipe) -> Callable[[np.ndarray], np.ndarray]:
     return lambda w: dequantize(quantize_rtn(w, recipe.bits, recipe.block_size, recipe.symmetric))
 
 
-def zero_kind(recipe: LinearRecipe) -> str:
-    """The zero-point input's format as the recipe records it: "none" | "uint" | "float" (its bytes differ)."""
-    return recipe.zero_points
-
-
 def recipe_bytes(n: int, k: int, recipe: LinearRecipe | None) -> int:
     return n * k * 4 if recipe is None else matmul_nbits_bytes(n, k, recipe.bits, recipe.block_size,
-                                                                 zero_kind(recipe))
+                                                                 recipe.zero_points)
 
 
 def linear_shapes(spec: Phi3Spec, layer: int) -> dict[str, tuple[int, int]]:
