@@ -95,6 +95,12 @@ class AwqScales:
     alphas: dict[str, float] = field(default_factory=dict)  # the Linear searched -> chosen alpha
     gains: dict[str, float] = field(default_factory=dict)  # -> output error / unscaled (RTN) error
 
+    def merge(self, other: AwqScales) -> None:
+        """Take in another set's vectors, alphas and error ratios (a layer's, as the calibration pass finds it)."""
+        self.scales.update(other.scales)
+        self.alphas.update(other.alphas)
+        self.gains.update(other.gains)
+
     def folds(self) -> dict[str, Fold]:
         """Checkpoint tensor name -> its fold (tensors not named here are read as they are)."""
         columns: dict[str, np.ndarray] = dict(self.scales)

@@ -96,9 +96,7 @@ def _awq_scales(side: CheckpointSide, sequences: list[list[int]], recipe: QuantR
         return lambda w: quantize_rtn(w, chosen.bits, chosen.block_size, True)
 
     def keep(_layer: int, result: cal.AwqLayer) -> None:
-        found.scales.update(result.scales.scales)
-        found.alphas.update(result.scales.alphas)
-        found.gains.update(result.scales.gains)
+        found.merge(result.scales)
 
     cal.awq_calibrate(side, sequences, rtn(recipe.body), keep, per_tensor=lambda name: rtn(recipe.for_tensor(name)),
                       on_layer=step)
