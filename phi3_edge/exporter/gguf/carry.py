@@ -73,7 +73,6 @@ def carry_formats(weight_files: Iterable[Path], head: bool = False) -> frozenset
     from phi3_edge.exporter.checkpoint import is_gguf
     from phi3_edge.exporter.gguf.reader import open_gguf
 
-    carried_kinds = {k for k in _FORMATS if k != "Q4_1" or CARRY_FLOAT_ZERO_POINTS}
     formats: set[tuple[int, int]] = set()
     for path in weight_files:
         if not is_gguf(path):
@@ -83,7 +82,10 @@ def carry_formats(weight_files: Iterable[Path], head: bool = False) -> frozenset
             chosen = [tensors[n] for n in ("output.weight", "token_embd.weight") if n in tensors][:1]
         else:
             chosen = [t for t in tensors.values() if t.name.startswith("blk.") and len(t.shape) == 2]
-        formats |= {(_FORMATS[t.type_name], BLOCK) for t in chosen if t.type_name in carried_kinds}
+        # can_carry's own rule, at fp32 scales (the dtype under which most kinds carry; the recipe is not
+        # known yet): one rule decides what is carried and what the recipe must keep for it.
+        formats |= {(_FORMATS[t.type_name], BLOCK) for t in chosen
+                    if can_carry(t.type_name, _FORMATS.get(t.type_name, 0), BLOCK, "float32")}
     return frozenset(formats)
 
 
