@@ -89,7 +89,9 @@ def _calibrate(spec: Phi3Spec, checkpoint: Checkpoint, recipe: QuantRecipe,
     if recipe.body is None or (recipe.body.algo not in CALIBRATED_ALGOS and recipe.size_budget is None):
         return uncalibrated(recipe)  # neither a calibrated body nor measured mixed precision
     if calibrate is None:
-        raise Phi3EdgeError(f"--quant-algo {recipe.body.algo} needs a calibration pass; export through phi3_edge.api")
+        asked = (f"--quant-algo {recipe.body.algo}" if recipe.body.algo in CALIBRATED_ALGOS
+                 else "--mixed-precision")  # the measured choice of int8 tensors is a calibration pass too
+        raise Phi3EdgeError(f"{asked} needs a calibration pass; export through phi3_edge.api")
     return calibrate(spec, checkpoint, recipe)
 
 

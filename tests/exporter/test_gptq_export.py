@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import numpy_helper
 
+from phi3_edge import api
+from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.exporter.build import export_graph
 from phi3_edge.exporter.checkpoint import resolve_checkpoint
 from phi3_edge.exporter.config import load_spec
@@ -52,3 +55,19 @@ def test_gptq_export_holds_the_calibrated_codes(tiny_checkpoint, tmp_path) -> No
     packed = next(v for k, v in weights.items() if "layers.0" in k and "down_proj" in k and k.endswith("qweight"))
     np.testing.assert_array_equal(packed, pack_weights(calibrated.blocks[name].q, 4))
     assert not any(k.endswith("zero_points") for k in weights)  # symmetric: no extra bytes
+
+
+@pytest.mark.parametrize("options, asked", [({"quant_algo": "gptq"}, "--quant-algo gptq"),
+                                            ({"mixed_precision": True}, "--mixed-precision")])
+def test_pipeline_without_a_calibrator_names_what_needs_one(tiny_checkpoint, tmp_path, options: dict[str, object],
+                                                          asked: str) -> None:
+    """export_artifact called directly (not through api) has no calibration pass to run: one line naming the
+    option that needs it, nothing written."""
+    from phi3_edge.exporter.pipeline import export_artifact
+    from phi3_edge.targets.table import get_target
+
+    out = tmp_path / "out"
+    request = api.export_request(str(tiny_checkpoint("gqa")), "cpu-int4", out, fidelity=False, **options)
+    with pytest.raises(Phi3EdgeError, match=f"^{asked} needs a calibration pass") as caught:
+        export_artifact(request, get_target("cpu-int4"), lambda *_: {}, calibrate=None)
+    assert "\n" not in str(caught.value) and not out.exists()
