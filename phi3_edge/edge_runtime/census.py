@@ -61,6 +61,9 @@ class GraphInfo:
     # Bytes of weights only ever indexed by a row lookup (an untied embedding table): a decode step reads
     # one row of them, so they do not count towards the bytes a token streams from memory.
     lookup_only_bytes: int = 0
+    # Declared inputs that an initializer backs (a default, e.g. io_spec.LOGITS_TO_KEEP): onnxruntime lists them
+    # as overridable initializers, not inputs; a caller may leave them out.
+    optional_inputs: frozenset[str] = frozenset()
 
     @property
     def has_gqa(self) -> bool:
@@ -91,7 +94,9 @@ def _parse(model: memoryview) -> GraphInfo:
     ops = _census(graph, Counter(), uses, views)
     sizes = {_text(tensor, _TENSOR_NAME): _tensor_bytes(tensor) for tensor in _all(graph, _GRAPH_INITIALIZER)}
     lookup_only = sum(size for name, size in sizes.items() if _lookup_only(name, uses, views))
-    return GraphInfo(ops, _values(graph, _GRAPH_INPUT), _values(graph, _GRAPH_OUTPUT), lookup_only)
+    inputs = _values(graph, _GRAPH_INPUT)
+    optional = frozenset(value.name for value in inputs if value.name in sizes)
+    return GraphInfo(ops, inputs, _values(graph, _GRAPH_OUTPUT), lookup_only, optional)
 
 
 def _lookup_only(name: str, uses: dict[str, set[tuple[str, int]]], views: dict[str, list[str]]) -> bool:

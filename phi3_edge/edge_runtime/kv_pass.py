@@ -9,6 +9,11 @@ of it either: this is onnxruntime-genai's past_present_share_buffer=true.
 ConcatPass (any graph): a plain forward; each step's present tensors (past + new, freshly allocated by ORT)
 are fed back as the next past. Correct everywhere, but every step copies the whole cache.
 
+Logits: run() needs the last position only, run_all() (prompt lookup's verify pass) every new one. A graph with
+the optional logits_to_keep input (io_spec) is fed how many trailing positions to compute, so a prefill's
+lm_head runs on one position instead of S; a graph exported before it always returns every position and the
+last row is read from those.
+
 A pass is private to one generation (never shared between threads); the session it runs on is shared. Passes
 get what they need as arguments (a forward function, the cache layout, the ORT session), so this module
 knows nothing of DecoderSession.
@@ -31,8 +36,9 @@ from phi3_edge.errors import Phi3EdgeError
 HOST_MEMORY: str = ort.OrtValue.ortvalue_from_numpy(np.zeros(1, np.int64)).device_name()
 
 KVCache = dict[str, np.ndarray]
-# (new token ids, past) -> (logits at every new position (S, V), the next past)
-Forward = Callable[[list[int], KVCache], tuple[np.ndarray, KVCache]]
+# (new token ids, past, logits_to_keep) -> (logits at the last `keep` new positions (0: every one; a graph without
+# the input: every one), the next past)
+Forward = Callable[[list[int], KVCache, int], tuple[np.ndarray, KVCache]]
 
 
 class ForwardPass(Protocol):
@@ -59,6 +65,11 @@ class CacheLayout:
     vocab_size: int
     kv_dtype: type[np.floating[Any]]
     logits_dtype: type[np.floating[Any]]
+    keeps_logits: bool = False  # the graph has io_spec.LOGITS_TO_KEEP (exported since it existed)
+
+    def logits_rows(self, new_tokens: int, keep: int) -> int:
+        """Rows of logits a run of `new_tokens` returns when fed logits_to_keep=keep (>= 1)."""
+        return min(keep, new_tokens) if self.keeps_logits else new_tokens
 
     def empty(self) -> KVCache:
         """Zero-length past tensors [1, kv_heads, 0, head_dim]: the prefill step's past."""
@@ -73,15 +84,18 @@ class ConcatPass:
         self._past: KVCache = layout.empty()
 
     def run(self, input_ids: list[int], total_length: int) -> np.ndarray:
-        last: np.ndarray = self.run_all(input_ids, total_length)[-1]  # (S, V) -> (V,)
+        last: np.ndarray = self._run(input_ids, total_length, 1)[-1]  # (1 or S, V) -> (V,)
         return last
 
     def run_all(self, input_ids: list[int], total_length: int) -> np.ndarray:
         """As run(), with the logits of every new position (S, V)."""
-        keep = total_length - len(input_ids)
-        if self._past[self._layout.past_names[0]].shape[2] > keep:  # roll back: (B, Hkv, past, D) -> keep
-            self._past = {name: np.ascontiguousarray(value[:, :, :keep]) for name, value in self._past.items()}
-        logits, self._past = self._forward(input_ids, self._past)
+        return self._run(input_ids, total_length, len(input_ids))
+
+    def _run(self, input_ids: list[int], total_length: int, logits_to_keep: int) -> np.ndarray:
+        cached = total_length - len(input_ids)
+        if self._past[self._layout.past_names[0]].shape[2] > cached:  # roll back: (B, Hkv, past, D) -> cached
+            self._past = {name: np.ascontiguousarray(value[:, :, :cached]) for name, value in self._past.items()}
+        logits, self._past = self._forward(input_ids, self._past, logits_to_keep)
         return logits
 
     def reset(self) -> None:
@@ -108,23 +122,35 @@ class SharedBufferPass:
         self._step = DecodeBuffers(self._vocab, self._logits_dtype)
         self._step_bound = False
         self._keep: list[np.ndarray] = []  # arrays bound for the current run must outlive it
+        self._layout = layout
+        # logits_to_keep, when the graph has it: bound once by pointer, the value written before each run.
+        self._logits_to_keep = np.ones(1, dtype=np.int64)  # [1]
+        self._logits_to_keep_value = ort.OrtValue.ortvalue_from_numpy(self._logits_to_keep)  # no copy
+        if layout.keeps_logits:
+            self._binding.bind_ortvalue_input(io_spec.LOGITS_TO_KEEP, self._logits_to_keep_value)
 
     def run(self, input_ids: list[int], total_length: int) -> np.ndarray:
-        last: np.ndarray = self.run_all(input_ids, total_length)[-1]  # (S, V) -> (V,)
+        last: np.ndarray = self._run(input_ids, total_length, 1)[-1]  # (1 or S, V) -> (V,)
         return last
 
     def run_all(self, input_ids: list[int], total_length: int) -> np.ndarray:
         """As run(), with the logits of every new position (S, V). Rolling back needs nothing here: GQA writes
         the new keys/values at positions total_length - len(input_ids) onwards, over whatever was there."""
+        return self._run(input_ids, total_length, len(input_ids))
+
+    def _run(self, input_ids: list[int], total_length: int, logits_to_keep: int) -> np.ndarray:
+        """logits_to_keep >= 1 trailing positions wanted; returns (rows, V), rows = layout.logits_rows(...)."""
         if total_length > self._max_length:
             raise Phi3EdgeError(f"sequence of {total_length} tokens exceeds the {self._max_length}-token KV buffer")
-        logits = self._bind_step(input_ids[0]) if len(input_ids) == 1 else self._bind_prompt(input_ids)
+        self._logits_to_keep[0] = logits_to_keep  # read by the graph only if bound (layout.keeps_logits)
+        rows = self._layout.logits_rows(len(input_ids), logits_to_keep)
+        logits = self._bind_step(input_ids[0]) if len(input_ids) == 1 else self._bind_prompt(input_ids, rows)
         # The mask is the first total_length ones of the preallocated row: bound by address, no OrtValue made.
         self._binding.bind_input(io_spec.ATTENTION_MASK, HOST_MEMORY, 0, np.int64, [1, total_length],
                                  self._mask.ctypes.data)  # (B=1, total)
         self._session.run_with_iobinding(self._binding)
-        every: np.ndarray = logits[0]  # (B, S, V) -> (S, V)
-        return every
+        kept: np.ndarray = logits[0]  # (B, rows, V) -> (rows, V)
+        return kept
 
     def _bind_step(self, token: int) -> np.ndarray:
         """One new token: its id into the bound [1, 1] buffer; ids and logits are (re)bound only after a prompt."""
@@ -135,11 +161,11 @@ class SharedBufferPass:
             self._step_bound = True
         return self._step.logits
 
-    def _bind_prompt(self, input_ids: list[int]) -> np.ndarray:
-        """Several tokens (a prefill, a verify pass): fresh [1, S] ids and [1, S, V] logits (the graph computes
-        every position's logits; the callers read the rows they need)."""
+    def _bind_prompt(self, input_ids: list[int], rows: int) -> np.ndarray:
+        """Several tokens (a prefill, a verify pass): fresh [1, S] ids and [1, rows, V] logits (rows: 1 for a
+        prefill on a graph with logits_to_keep; S for a verify pass, or on a graph that computes every row)."""
         ids = np.asarray([input_ids], dtype=np.int64)  # (B=1, S)
-        logits = np.empty((1, len(input_ids), self._vocab), dtype=self._logits_dtype)  # (B, S, V)
+        logits = np.empty((1, rows, self._vocab), dtype=self._logits_dtype)  # (B, rows, V)
         self._binding.bind_ortvalue_input(io_spec.INPUT_IDS, ort.OrtValue.ortvalue_from_numpy(ids))
         self._binding.bind_ortvalue_output(io_spec.LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
         self._keep = [ids, logits]

@@ -1,12 +1,15 @@
 """DecoderSession: an artifact's decoder graph as an onnxruntime session, the one runtime core.
 
     forward(ids, past)   logits at every position [S, V] and the next past: evaluation (KL, perplexity)
-                         and the concat KV path use it
+                         and the concat KV path use it (keep=k: the last k positions only, when the graph
+                         has the optional logits_to_keep input)
     start(max_length)    a per-generation ForwardPass (kv_pass.py) for the step-by-step generation loop
 
 The shapes come from genai_config.json (decoder_config.py), the KV-cache dtype from the session's own input
 types: a cpu target's cache is float32, a GPU target's float16, and the runtime must not need the target table
-to know which.
+to know which. Whether the graph has logits_to_keep comes from the session too: onnxruntime lists an input
+backed by an initializer among the overridable initializers, not the inputs, so a folder exported before the
+input existed simply lacks it and is run computing every position's logits, as before.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ class DecoderSession:
         logits_type = {node.name: node.type for node in self._session.get_outputs()}.get(io_spec.LOGITS)
         self.layout = CacheLayout(past, present, config.kv_heads, config.head_dim, config.vocab_size,
                                   kv_dtype=self._check_inputs(past, model_path),
-                                  logits_dtype=ORT_FLOAT_TYPES.get(str(logits_type), np.float32))
+                                  logits_dtype=ORT_FLOAT_TYPES.get(str(logits_type), np.float32),
+                                  keeps_logits=_has_logits_to_keep(self._session))
         self._output_names = [io_spec.LOGITS, *present]
         self.kv_cache = _resolve_kv_mode(kv_cache, model_path)
 
@@ -74,9 +78,12 @@ class DecoderSession:
         """Zero-length past tensors [1, kv_heads, 0, head_dim]: the prefill step's past."""
         return self.layout.empty()
 
-    def forward(self, input_ids: list[int], past: KVCache | None = None) -> tuple[np.ndarray, KVCache]:
+    def forward(self, input_ids: list[int], past: KVCache | None = None,
+                keep: int = io_spec.KEEP_ALL_LOGITS) -> tuple[np.ndarray, KVCache]:
         """Run new tokens after `past` (None: an empty one); returns the logits at every new position [S, V]
-        in the graph's dtype and the next past (this step's present tensors)."""
+        in the graph's dtype and the next past (this step's present tensors). keep > 0: only the last
+        min(keep, S) positions' logits where the graph has logits_to_keep (layout.keeps_logits); a graph without
+        it still returns all S, so callers that want the last row read [-1] either way."""
         past = self.layout.empty() if past is None else past
         total = past[self.layout.past_names[0]].shape[2] + len(input_ids)  # (B, Hkv, past, D): cached + new
         feeds: dict[str, np.ndarray] = {
@@ -85,9 +92,11 @@ class DecoderSession:
             io_spec.ATTENTION_MASK: np.ones((1, total), dtype=np.int64),  # (B=1, total)
             **past,
         }
+        if keep != io_spec.KEEP_ALL_LOGITS and self.layout.keeps_logits:
+            feeds[io_spec.LOGITS_TO_KEEP] = np.asarray([keep], dtype=np.int64)  # [1]
         outputs = self._session.run(self._output_names, feeds)
         # present.{i} of this step is past_key_values.{i} of the next one (same order, see CacheLayout).
-        logits: np.ndarray = outputs[0][0]  # (B, S, V) -> (S, V)
+        logits: np.ndarray = outputs[0][0]  # (B, kept, V) -> (kept, V)
         return logits, dict(zip(self.layout.past_names, outputs[1:], strict=True))
 
     def _check_inputs(self, past_names: tuple[str, ...], model_path: Path) -> type[np.floating[Any]]:
@@ -103,6 +112,11 @@ class DecoderSession:
         if kv_type not in ORT_FLOAT_TYPES:
             raise ArtifactError(f"unsupported KV-cache type {kv_type}", model_path)
         return ORT_FLOAT_TYPES[kv_type]
+
+
+def _has_logits_to_keep(session: ort.InferenceSession) -> bool:
+    """The optional logits_to_keep input (io_spec.optional_inputs): an initializer-backed input."""
+    return any(node.name == io_spec.LOGITS_TO_KEEP for node in session.get_overridable_initializers())
 
 
 def _open(model_path: Path, options: ort.SessionOptions, providers: tuple[str, ...]) -> ort.InferenceSession:

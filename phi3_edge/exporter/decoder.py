@@ -1,6 +1,7 @@
 """Assembles the Phi-3 decoder graph with the KV-cache I/O contract of io_spec.
 
-    input_ids ─► Gather(embed) ─► [layer 0 .. L-1] ─► SkipSimplifiedLayerNorm(final) ─► MatMul(lm_head) ─► logits
+    input_ids ─► Gather(embed) ─► [layer 0 .. L-1] ─► Slice(last k) ─► SkipSimplifiedLayerNorm(final) ─► lm_head
+    logits_to_keep (k; default 0 = every position) ─────────┘                                 logits ◄─┘
     attention_mask ─► ReduceSum-1 ─► seqlens_k ──┐
                   └─► Shape[1] ─► total_len ─────┴─► every GroupQueryAttention (and the LongRoPE If)
 
@@ -86,7 +87,8 @@ def build_decoder(g: GraphBuilder, spec: Phi3Spec, plan: DecoderPlan, source: We
         on_layer(layer)
 
     final_norm = _norm_weight(g, source, spec, "model.norm.weight")
-    normed, _ = skip_rms_norm(g, hidden, residual or hidden, final_norm, spec.rms_norm_eps, "model/norm")
+    hidden, residual = _kept_positions(g, hidden, residual or hidden)  # (B, S, H) -> (B, k, H)
+    normed, _ = skip_rms_norm(g, hidden, residual, final_norm, spec.rms_norm_eps, "model/norm")
     logits = heads.lm_head(g, normed)  # (B, S, V)
     g.rename_value(logits, io_spec.LOGITS)
     return g.model(_graph_inputs(spec, plan), _graph_outputs(spec, plan))
@@ -113,6 +115,24 @@ def _position_ids(g: GraphBuilder) -> str:
     return g.op("Slice", [positions, start, end, g.const([1])], name="positions/new")  # (B, S)
 
 
+def _kept_positions(g: GraphBuilder, hidden: str, residual: str) -> tuple[str, str]:
+    """The last logits_to_keep positions of the final norm's two inputs; the default 0 keeps them all.
+
+        logits_to_keep [k] ─► Neg ─► [-k] ─► Slice(axis 1, -k : end) of hidden and residual
+
+    Slice clamps: -0 = 0 starts at the first position, and k >= S also keeps all S. The input is backed by an
+    initializer holding the default (io_spec.optional_inputs), so onnxruntime does not constant-fold it away.
+    """
+    for spec, default in io_spec.optional_inputs():
+        g.add_initializer(numpy_helper.from_array(np.array([default], dtype=np.int64), spec.name))
+    start = g.op("Neg", [io_spec.LOGITS_TO_KEEP], name="logits_to_keep/start")  # [-k]
+    end, axis = g.const([np.iinfo(np.int64).max]), g.const([1])
+    kept = g.op("Slice", [hidden, start, end, axis], name="logits_to_keep/hidden")  # (B, k, H)
+    if residual == hidden:  # no layer ran (a test graph): one value, one slice
+        return kept, kept
+    return kept, g.op("Slice", [residual, start, end, axis], name="logits_to_keep/residual")  # (B, k, H)
+
+
 def _norm_weight(g: GraphBuilder, source: WeightSource, spec: Phi3Spec, hf_name: str) -> str:
     return g.add_initializer(source.as_is(hf_name, (spec.hidden_size,), hf_name))
 
@@ -127,6 +147,7 @@ def _array_initializer(g: GraphBuilder, source: WeightSource) -> Callable[[str, 
 
 def _graph_inputs(spec: Phi3Spec, plan: DecoderPlan) -> list[onnx.ValueInfoProto]:
     specs = io_spec.decoder_inputs(spec.num_layers, spec.num_kv_heads, spec.head_dim, plan.io_dtype)
+    specs += [optional for optional, _ in io_spec.optional_inputs()]  # after the required ones, as io_spec says
     return [value_info(s.name, s.dtype, s.shape) for s in specs]
 
 

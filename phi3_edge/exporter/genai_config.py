@@ -4,6 +4,8 @@ The layout follows what the onnxruntime-genai model builder writes (builders/bas
 0.18): onnxruntime-genai rejects unknown keys and nulls, so nothing here is decorative. Two deliberate
 differences from the builder's phi3 output:
   - no position_ids input: our graph derives positions from attention_mask;
+  - no logits_to_keep input named: onnxruntime-genai feeds none, and the graph's optional input
+    (io_spec.optional_inputs) then keeps every position's logits, the layout og reads;
   - no decoder.sliding_window block even when config.json has sliding_window: that block describes the
     builder's bounded per-layer KV cache ("windowed_kv_cache", and only for layers typed sliding_attention,
     which Phi-3 configs do not declare). Our GroupQueryAttention node applies the window itself

@@ -134,6 +134,7 @@ def _write_companions(folder: Path, checkpoint: Checkpoint, spec: Phi3Spec, targ
         write_optimum_layout(folder, config, weight_format=target.weight_format, io_dtype=target.io_dtype)
     signature = [asdict(s) for s in io_spec.decoder_inputs(spec.num_layers, spec.num_kv_heads, spec.head_dim,
                                                              target.io_dtype)]
+    signature += [asdict(s) for s, _ in io_spec.optional_inputs()]
     signature += [asdict(s) for s in io_spec.decoder_outputs(spec.num_layers, spec.num_kv_heads, spec.head_dim,
                                                                spec.vocab_size, target.io_dtype)]
     source = source_record(checkpoint.source, checkpoint.revision, checkpoint.root, checkpoint.all_files())

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from fixtures.table_bytes import gathered_table_bytes
+from phi3_edge import io_spec
 from phi3_edge.edge_runtime.artifact_info import inspect_artifact
 from phi3_edge.edge_runtime.census import read_graph_info
 from phi3_edge.errors import ArtifactError
@@ -31,7 +32,12 @@ def test_census_and_io_match_onnx_and_onnxruntime(tiny_artifact, variant: str, t
     assert info.ops == _onnx_census(onnx.load(str(path), load_external_data=False).graph, Counter())
     assert info.has_gqa
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for ours, theirs in [(info.inputs, session.get_inputs()), (info.outputs, session.get_outputs())]:
+    # An input an initializer backs (logits_to_keep) is onnxruntime's overridable initializer, not its input.
+    required = tuple(t for t in info.inputs if t.name not in info.optional_inputs)
+    optional = tuple(t for t in info.inputs if t.name in info.optional_inputs)
+    assert [t.name for t in optional] == [io_spec.LOGITS_TO_KEEP]
+    for ours, theirs in [(required, session.get_inputs()), (optional, session.get_overridable_initializers()),
+                         (info.outputs, session.get_outputs())]:
         assert [(t.name, list(t.shape)) for t in ours] == [(t.name, t.shape) for t in theirs]
         assert all(theirs_.type == f"tensor({'float' if t.dtype == 'float32' else t.dtype})"
                    for t, theirs_ in zip(ours, theirs, strict=True))

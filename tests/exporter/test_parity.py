@@ -82,7 +82,8 @@ def test_graph_is_lean(tiny_checkpoint, tmp_path: Path) -> None:
     export(str(tiny_checkpoint("gqa")), target="cpu-fp32", output=tmp_path / "art", progress=False)
     graph = onnx.load(str(tmp_path / "art" / "model.onnx"), load_external_data=False).graph
     ops = [node.op_type for node in graph.node]
-    assert len(ops) <= 33, ops
+    assert len(ops) <= 33 + 3, ops  # + logits_to_keep: one Neg, a Slice of each final-norm input
+    assert ops.count("Slice") == 2 and ops.count("Neg") == 1
     assert ops.count("GroupQueryAttention") == 2
     assert ops.count("MatMul") == 2 * 4 + 1  # qkv, o, gate_up, down per layer + lm_head
     assert "RotaryEmbedding" not in ops and "LayerNormalization" not in ops

@@ -111,7 +111,8 @@ def test_verify_on_a_folder_that_is_not_an_artifact(tmp_path: Path) -> None:
 def test_intact_artifact_passes(artifact: Path) -> None:
     verify_artifact(artifact)
     report = check_artifact(artifact)
-    assert report.ok and report.io_count == 11 and report.locations == (DATA,)
+    # 2 layers: input_ids, attention_mask, 4 past, logits_to_keep (optional input) in; logits, 4 present out
+    assert report.ok and report.io_count == 12 and report.locations == (DATA,)
 
 
 def test_flipped_byte(artifact: Path) -> None:
