@@ -109,12 +109,18 @@ class ModelShape:
     num_layers: int
     hidden_size: int
     tied: bool  # lm_head reuses the embedding table
-    # (bits, block) recipes into which a GGUF source's stored decoder blocks are carried as they are
-    # (exporter/gguf/carry.py carry_formats): a body in one of them keeps its block for every Linear.
-    carry_formats: frozenset[tuple[int, int]] = frozenset()
+    # (checkpoint tensor name, (bits, block)): each decoder Linear whose stored GGUF blocks are carried as they
+    # are into that format (exporter/gguf/carry.py carry_formats; packed views by their packed name). Such a
+    # tensor in the body's format keeps it; every other tensor (float, Q6_K, Q4_1, safetensors) gets the
+    # target's block overrides.
+    carry_formats: tuple[tuple[str, tuple[int, int]], ...] = ()
     # The same for the lm_head's stored tensor: a body format it is carried into wins over the target's
     # lm_head_bits (a Q4_0 head carried at int4 is exact; at int8 it would be re-rounded at twice the bytes).
-    head_carry_formats: frozenset[tuple[int, int]] = frozenset()
+    head_carry_formats: tuple[tuple[str, tuple[int, int]], ...] = ()
+
+    def carried_into(self, name: str) -> tuple[int, int] | None:
+        """The (bits, block) a decoder Linear's stored blocks carry into as they are, or None."""
+        return dict(self.carry_formats).get(name)
 
 
 @dataclass(frozen=True)
@@ -183,14 +189,23 @@ def _block_overrides(target: Target, model: ModelShape,
 
     Applied only where the block divides the hidden size (the stems named there read the residual stream):
     a padded block would add bytes instead of saving them (SmolLM2's 576 columns: 64 divides, 128 does not).
-    None where the body's format is one a GGUF source's blocks are carried into (ModelShape.carry_formats): a
-    coarser block there would dequantize the stored codes and round them again, so carrying wins.
+    Per tensor, not for a tensor whose GGUF blocks are carried into the body's format as they are
+    (ModelShape.carry_formats): a coarser block there would dequantize its stored codes and round them again,
+    so carrying wins; a tensor of the same file stored otherwise (Q6_K, Q4_1, F16) is re-quantized anyway and
+    takes the target's block.
     """
-    if body is None or (body.bits, body.block_size) in model.carry_formats:
+    if body is None:
         return ()
-    return tuple((f"model.layers.{layer}.{stem}.weight", replace(body, block_size=block))
-                 for stem, block in target.block_overrides if model.hidden_size % block == 0
-                 for layer in range(model.num_layers))
+    kept = (body.bits, body.block_size)
+    overrides = []
+    for stem, block in target.block_overrides:
+        if model.hidden_size % block:
+            continue
+        for layer in range(model.num_layers):
+            name = f"model.layers.{layer}.{stem}.weight"
+            if model.carried_into(name) != kept:
+                overrides.append((name, replace(body, block_size=block)))
+    return tuple(overrides)
 
 
 def _body(target: Target, options: QuantOptions) -> LinearRecipe | None:
@@ -240,7 +255,8 @@ def widen(recipe: QuantRecipe, names: Sequence[str], table_name: str | None = No
 def _lm_head(target: Target, options: QuantOptions, body: LinearRecipe | None,
              model: ModelShape | None = None) -> LinearRecipe | None:
     choice = options.lm_head
-    carried = model is not None and body is not None and (body.bits, body.block_size) in model.head_carry_formats
+    carried = model is not None and body is not None and (body.bits, body.block_size) in {
+        fmt for _, fmt in model.head_carry_formats}
     if choice is None and body is not None and target.lm_head_bits not in (None, body.bits) and not carried:
         # The target's measured head width (targets/table.py lm_head_bits), RTN in the body's block.
         return LinearRecipe(target.lm_head_bits, body.block_size, body.accuracy_level, target.symmetric, "rtn")

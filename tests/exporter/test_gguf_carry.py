@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,76 @@ def test_carry_wins_over_the_targets_per_tensor_formats(tokenizer_dir: Path, tmp
     assert recipe["quantization"]["overrides"] == {}
     # 4 packed Linears a layer (qkv, o, gate_up, down), lm_head and the untied table: every one carried.
     assert recipe["gguf_blocks"] == f"{4 * spec.num_layers + 2} Q4_0 carried as they are", recipe["gguf_blocks"]
+
+
+GATE_UP = "model.layers.{}.mlp.gate_up_proj.weight"
+
+
+@pytest.mark.parametrize(("arch", "stored"), [("phi3", {"blk.1.ffn_up.weight": "Q4_1"}),
+                                              ("llama", {"blk.1.ffn_gate.weight": "F16"})],
+                         ids=["packed-Q4_1", "llama-parts-Q4_0+F16"])
+def test_carry_is_decided_per_tensor_in_a_mixed_file(tokenizer_dir: Path, tmp_path: Path, arch: str,
+                                                     stored: dict[str, str]) -> None:
+    """A Q4_0 file whose layer-1 gate|up is stored otherwise (a phi3 file's packed ffn_up in Q4_1; a Llama
+    file's ffn_gate in F16 beside a Q4_0 ffn_up: a packed view of mixed types). Layer 0's gate_up is carried
+    into the body's int4 block 32 and keeps it; layer 1's cannot be carried (it is re-quantized anyway) and
+    gets cpu-int4's block-64 override: one tensor stored otherwise no longer drops the override everywhere."""
+    path = write_gguf(tmp_path / "mixed.gguf", llama_model("gqa"), arch, "Q4_0", tokenizer_folder=tokenizer_dir,
+                      qtypes=stored)
+    spec = load_spec(path)
+    shape = model_shape(spec, (path,))
+    carried = dict(shape.carry_formats)
+    assert carried[GATE_UP.format(0)] == (4, 32) and GATE_UP.format(1) not in carried
+    assert carried["model.layers.1.self_attn.qkv_proj.weight"] == (4, 32)  # the rest of layer 1 still carries
+    target = get_target("cpu-int4")
+    assert target.block_overrides == (("mlp.gate_up_proj", 64),)
+    recipe = decide_recipe(target, QuantOptions(), shape)
+    assert recipe.body is not None and recipe.overrides == ((GATE_UP.format(1), replace(recipe.body, block_size=64)),)
+    result = export(str(path), target="cpu-int4", output=tmp_path / "int4", progress=False, fidelity=False)
+    manifest = json.loads((result.output / "manifest.json").read_text())["recipe"]
+    assert manifest["quantization"]["overrides"] == {GATE_UP.format(1): asdict(replace(recipe.body, block_size=64))}
+    # Every other matrix carried: 4 packed Linears a layer, less layer 1's gate_up, + lm_head and the untied table.
+    carried_line = f"{4 * spec.num_layers - 1 + 2} Q4_0 carried as they are"
+    if arch == "phi3":  # one stored Q4_1 tensor, re-quantized; a mixed packed view is read as float rows
+        carried_line += "; 1 Q4_1 dequantized and re-quantized"
+    assert manifest["gguf_blocks"] == carried_line
+    assert _gate_up_blocks(result.output / "model.onnx") == {0: 32, 1: 64}  # the graph holds what was recorded
+
+
+def _gate_up_blocks(model_path: Path) -> dict[int, int]:
+    """block_size of each layer's gate_up MatMulNBits, from the exported graph."""
+    import re
+
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    blocks = {}
+    for node in model.graph.node:
+        found = re.search(r"layers\.(\d+)\.mlp\.gate_up_proj", node.input[1]) if node.op_type == "MatMulNBits" else None
+        if found:
+            blocks[int(found.group(1))] = next(a.i for a in node.attribute if a.name == "block_size")
+    return blocks
+
+
+def test_a_uniform_file_is_all_carried_or_all_overridden(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """The per-tensor rule on uniform files: a Q4_0 file lists every decoder Linear (packed views by their
+    packed names) and takes no override; a Q8_0 file (not carried into int4) lists them at int8, so cpu-int4
+    overrides every layer's gate_up; safetensors list nothing."""
+    spec = None
+    listed = {}
+    for qtype in ("Q4_0", "Q8_0"):
+        path = write_gguf(tmp_path / f"{qtype}.gguf", llama_model("gqa"), "llama", qtype,
+                          tokenizer_folder=tokenizer_dir)
+        spec = load_spec(path)
+        listed[qtype] = model_shape(spec, (path,))
+    assert spec is not None
+    names = {f"model.layers.{i}.{stem}.weight" for i in range(spec.num_layers)
+             for stem in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
+    for qtype, fmt in (("Q4_0", (4, 32)), ("Q8_0", (8, 32))):
+        formats = dict(listed[qtype].carry_formats)
+        assert names <= set(formats) and set(formats.values()) == {fmt}, qtype
+    target = get_target("cpu-int4")
+    assert decide_recipe(target, QuantOptions(), listed["Q4_0"]).overrides == ()
+    overridden = decide_recipe(target, QuantOptions(), listed["Q8_0"]).overrides
+    assert [name for name, _ in overridden] == [GATE_UP.format(i) for i in range(spec.num_layers)]
+    assert model_shape(spec).carry_formats == ()

@@ -18,6 +18,7 @@ quantized by the recipe, as before; `CarryLog` counts both, for the summary and 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,10 @@ ROWS_PER_CHUNK = 1024
 # `phi3-edge bench --prompt-len 64 --gen-len 32`). So Q4_1 is re-quantized by default; the carry stays exact
 # and tested (tests/exporter/test_gguf_carry.py turns this on) for runtimes whose kernel is fast with them.
 CARRY_FLOAT_ZERO_POINTS = False
+# (checkpoint tensor name, (bits, block)): the MatMulNBits format a tensor's stored blocks carry into
+CarryFormats = tuple[tuple[str, tuple[int, int]], ...]
+_HEAD_NAMES = ("lm_head.weight", "model.embed_tokens.weight")  # an untied head's tensor, else the tied table
+_LAYER_PREFIX = re.compile(r"^model\.layers\.\d+\.")
 
 
 @dataclass
@@ -65,28 +70,50 @@ def can_carry(kind: str, bits: int, block_size: int, scale_dtype: str) -> bool:
     return kind != "Q4_1" or (CARRY_FLOAT_ZERO_POINTS and scale_dtype == "float32")
 
 
-def carry_formats(weight_files: Iterable[Path], head: bool = False) -> frozenset[tuple[int, int]]:
-    """(bits, block) recipes into which some of these files' decoder Linears (blk.*; head: the lm_head's
-    tensor, output or a tied token_embd) would be carried as they are: the recipe must keep that format for
-    them (quantize/recipe.py ModelShape), or the stored codes are dequantized and rounded a second time.
-    Empty for safetensors (nothing stored in blocks)."""
+def carry_formats(weight_files: Iterable[Path], head: bool = False) -> CarryFormats:
+    """(tensor, (bits, block)) for each tensor whose stored GGUF blocks would be carried as they are into that
+    MatMulNBits format: every decoder Linear, by the checkpoint name the recipe is asked for (packed qkv_proj /
+    gate_up_proj views included: carried only when all their parts share one carryable type); head: the
+    lm_head's tensor only (lm_head.weight, else the tied table). Tensors stored otherwise (float, Q6_K, Q4_1,
+    a packed view of mixed types) are absent. The recipe keeps that format for the tensors listed (quantize/
+    recipe.py ModelShape), or their stored codes would be dequantized and rounded a second time. Empty for
+    safetensors (nothing stored in blocks)."""
     from phi3_edge.exporter.checkpoint import is_gguf
-    from phi3_edge.exporter.gguf.reader import open_gguf
+    from phi3_edge.exporter.weights import WeightStore
 
-    formats: set[tuple[int, int]] = set()
-    for path in weight_files:
-        if not is_gguf(path):
-            continue
-        tensors = open_gguf(path).tensors
-        if head:
-            chosen = [tensors[n] for n in ("output.weight", "token_embd.weight") if n in tensors][:1]
-        else:
-            chosen = [t for t in tensors.values() if t.name.startswith("blk.") and len(t.shape) == 2]
+    files = tuple(path for path in weight_files if is_gguf(path))
+    if not files:
+        return ()
+    # Not closed: its files are the parsed ones open_gguf shares with the export (closing them would make
+    # the export parse them again). The store's own rule (stored_kind) is the one carry_rows applies.
+    store = WeightStore(files)
+    names = [n for n in _HEAD_NAMES if n in store][:1] if head else _decoder_linears(store)
+    formats = []
+    for name in names:
+        kind = store.stored_kind(store.info(name, _shape(store, name)))
         # can_carry's own rule, at fp32 scales (the dtype under which most kinds carry; the recipe is not
         # known yet): one rule decides what is carried and what the recipe must keep for it.
-        formats |= {(_FORMATS[t.type_name], BLOCK) for t in chosen
-                    if can_carry(t.type_name, _FORMATS.get(t.type_name, 0), BLOCK, "float32")}
-    return frozenset(formats)
+        if kind is not None and can_carry(kind, _FORMATS.get(kind, 0), BLOCK, "float32"):
+            formats.append((name, (_FORMATS[kind], BLOCK)))
+    return tuple(formats)
+
+
+def _decoder_linears(store: WeightStore) -> list[str]:
+    """Every decoder tensor of the store and every packed view of one (Llama files' q|k|v, gate|up)."""
+    from phi3_edge.exporter.weights import PACKINGS
+
+    real = [name for name in store.names() if _LAYER_PREFIX.match(name)]
+    prefixes = sorted({match.group(0) for name in real if (match := _LAYER_PREFIX.match(name))})
+    return real + [p + packed for p in prefixes for packed in PACKINGS if p + packed in store and p + packed
+                   not in real]
+
+
+def _shape(store: WeightStore, name: str) -> tuple[int, ...]:
+    """A tensor's shape as the store lists it (a packed view: its parts' rows, their shared columns)."""
+    first = store.parts_of(name)[0][0]
+    backend = store.backend_of(first)
+    assert backend is not None  # parts_of names real tensors only
+    return (store.rows_of(name), *backend.infos[first].shape[1:])
 
 
 def carried_chunks(raw_rows: Iterator[np.ndarray], kind: str, k: int) -> Iterator[QuantizedBlocks]:
