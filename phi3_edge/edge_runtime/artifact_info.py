@@ -82,5 +82,6 @@ def _ort_format_info(manifest: dict[str, Any], num_layers: int) -> GraphInfo:
     signature = manifest.get("io_signature")
     tensors = [TensorInfo(str(s.get("name")), str(s.get("dtype")), tuple(s.get("shape") or ()))
                for s in (signature if isinstance(signature, list) else []) if isinstance(s, dict)]
+    optional = frozenset(spec.name for spec, _ in io_spec.optional_inputs()) & {t.name for t in tensors}
     return GraphInfo(Counter(), tuple(t for t in tensors if t.name not in outputs),
-                     tuple(t for t in tensors if t.name in outputs))
+                     tuple(t for t in tensors if t.name in outputs), optional_inputs=optional)

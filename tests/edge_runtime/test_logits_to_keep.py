@@ -39,13 +39,26 @@ def exported_before(folder: Path, target: Path) -> Path:
         graph.node.remove(node)
     for node in graph.node:
         node.input[:] = [unsliced.get(name, name) for name in node.input]
-    for values in (graph.input, graph.initializer):
-        values.remove(next(v for v in values if v.name == io_spec.LOGITS_TO_KEEP))
+    orphans = {name for node in slices for name in node.input} - _reads(graph)  # the Slice's end constant
+    graph.input.remove(next(v for v in graph.input if v.name == io_spec.LOGITS_TO_KEEP))
+    kept = [t for t in graph.initializer if t.name not in orphans]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     onnx.save(model, str(target / MODEL_FILE))
     manifest = json.loads((target / MANIFEST_FILE).read_text(encoding="utf-8"))
     manifest["io_signature"] = [s for s in manifest["io_signature"] if s["name"] != io_spec.LOGITS_TO_KEEP]
     (target / MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
     return target
+
+def _reads(graph: onnx.GraphProto) -> set[str]:
+    """Every value a node reads, If/Loop bodies included (they read outer initializers too)."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                names |= _reads(body)
+    return names
 
 
 @pytest.fixture(scope="module")
