@@ -25,8 +25,16 @@ one layer's weights in three forms, and T floats per candidate.
 
 The first-order carry is where the unit is weakest: on SmolLM2-135M some layers' errors grow several-fold
 on their way to the end (layer 11) and it then prefers the last layers. `propagate` measures that transfer
-per layer (the fp32 layers after it, run on a few windows from both its fp32 and its narrow output) and
-scales the layer's scores by it; the export uses PROPAGATE_WINDOWS.
+(the fp32 layers after the error's entry point, run on a few windows from both the fp32 and the narrow
+stream there) and scales the first-order score by it:
+
+    layer l's four candidates     entry after layer l    transfer through layers l+1 .. L-1
+    the table's embedding rows    entry before layer 0   transfer through layers 0 .. L-1 (like a layer's)
+    the table's lm_head part      at the logits          none: measured where it acts, left as is
+
+The export uses PROPAGATE_WINDOWS. The embedding rows are small next to the final stream, so their first-order
+score is tiny, but layer 0 reads them normalised: on SmolLM2-135M (AWQ-folded) their measured transfer is
+x45000, and the table's score doubles (its lm_head part as large again); unpropagated it ranked last of 121.
 """
 
 from __future__ import annotations
@@ -52,6 +60,19 @@ PROPAGATE_WINDOWS = 1
 HEAD_ROWS = 4096  # table rows per step of the lm_head error (a (rows, H) float64 difference at a time)
 
 
+@dataclass(frozen=True)
+class TableScore:
+    """The table / lm_head candidate's score in its parts, each (narrow, wide): the candidate's error is
+    head + transfer x embedding (embedding (0, 0) unless the table is shared with the embeddings)."""
+
+    head: tuple[float, float]  # tr(dW H dW^T) / tr(W H W^T) at the logits
+    embedding: tuple[float, float]  # first-order score of the embedding rows' error entering layer 0
+    transfer: float = 1.0  # measured / first-order for the embedding part (`propagate`; 1.0 = carried unchanged)
+
+    def error(self, wide: bool) -> float:
+        return self.head[wide] + self.transfer * self.embedding[wide]
+
+
 @dataclass
 class Sensitivity:
     """Every candidate's measured score at both widths, and the bytes of the all-narrow weights."""
@@ -59,6 +80,26 @@ class Sensitivity:
     candidates: list[Candidate] = field(default_factory=list)
     plain_bytes: int = 0  # weight bytes of the export without widening (quantized tensors + float norms)
     table: str | None = None  # the table / lm_head candidate's name, if there is one
+    table_score: TableScore | None = None  # its score's parts
+
+
+@dataclass(frozen=True)
+class FinalWeighting:
+    """What every score is weighed by: the final norm weight g and the final stream (see module doc)."""
+
+    g: np.ndarray  # (H,)
+    normed: list[np.ndarray]  # the normalised final states, (S, H) each
+    inv_rms2: np.ndarray  # (T,) 1 / rms(s_t)^2
+    total: float  # sum_t |s_t * g|^2 / rms(s_t)^2
+
+    @property
+    def g2(self) -> np.ndarray:
+        out: np.ndarray = self.g.astype(np.float64) ** 2  # (H,)
+        return out
+
+    def score(self, weighted: np.ndarray) -> float:
+        """sum_t weighted_t / rms(s_t)^2 / total, for weighted_t = |e_t * g|^2: (T,)."""
+        return float(weighted @ self.inv_rms2) / self.total
 
 
 def quantizer(recipe: LinearRecipe) -> Callable[[np.ndarray], np.ndarray]:
@@ -138,37 +179,43 @@ def measure_sensitivity(side: CheckpointSide, sequences: Sequence[Sequence[int]]
                 wide_err[name] = _weighted_error(side.run_layer(layer, states), reference, g2)
             if propagate and narrow:
                 current.clear()
-                factor = _transfer(side, layer, reference[:propagate], out_narrow[:propagate], g)
+                factor = _transfer(side, layer + 1, reference[:propagate], out_narrow[:propagate], g)
                 transfer.update(dict.fromkeys(narrow, factor))
             states = out_narrow
             if on_layer is not None:
                 on_layer(layer)
         current.clear()
         result = Sensitivity()
-        normed = [final_norm(state, g, spec.rms_norm_eps) for state in states]  # (S, H) each
-        inv_rms2 = np.concatenate([(_stream(s).astype(np.float64) ** 2).mean(axis=-1) + spec.rms_norm_eps
-                                   for s in states]) ** -1.0  # (T,)
-        total = sum(float(np.sum(x.astype(np.float64) ** 2)) for x in normed)  # |normalised final states|^2
+        final = _final_weighting(states, g, spec.rms_norm_eps)
         for name in narrow_err:
-            scale = transfer.get(name, 1.0) / total
-            result.candidates.append(Candidate(name, float(narrow_err[name] @ inv_rms2) * scale,
-                                               float(wide_err[name] @ inv_rms2) * scale, extra[name]))
+            scale = transfer.get(name, 1.0)
+            result.candidates.append(Candidate(name, final.score(narrow_err[name]) * scale,
+                                               final.score(wide_err[name]) * scale, extra[name]))
         plain += 4 * spec.hidden_size * (2 * spec.num_layers + 1)  # the norms stay float
-        plain += _table_candidate(side, recipe, sequences, normed, g2, inv_rms2, total, result)
+        plain += _table_candidate(side, recipe, sequences, final, result, propagate)
         result.plain_bytes = plain
         return result
     finally:
         side.weight_map = None
 
 
-def _transfer(side: CheckpointSide, layer: int, reference: list[State], narrow: list[State],
+def _final_weighting(states: Sequence[State], g: np.ndarray, eps: float) -> FinalWeighting:
+    normed = [final_norm(state, g, eps) for state in states]  # (S, H) each
+    inv_rms2 = np.concatenate([(_stream(s).astype(np.float64) ** 2).mean(axis=-1) + eps
+                               for s in states]) ** -1.0  # (T,)
+    total = sum(float(np.sum(x.astype(np.float64) ** 2)) for x in normed)  # |normalised final states|^2
+    return FinalWeighting(g, normed, inv_rms2, total)
+
+
+def _transfer(side: CheckpointSide, first: int, reference: Sequence[State], narrow: Sequence[State],
               g: np.ndarray) -> float:
-    """|final_norm(b) - final_norm(a)|^2 after the fp32 layers past `layer`, over its first-order estimate
-    |e * g|^2 / rms(a)^2 from the error e right after `layer` (1.0 = carried unchanged)."""
+    """|final_norm(b) - final_norm(a)|^2 after the fp32 layers first .. L-1, over its first-order estimate
+    |e * g|^2 / rms(a)^2 from the error e entering layer `first` (1.0 = carried unchanged); `reference` and
+    `narrow` are the states entering it (first 0: the embeddings, residual None)."""
     eps = side.spec.rms_norm_eps
     local = [(_stream(n) - _stream(r)).astype(np.float64) for n, r in zip(narrow, reference, strict=True)]
-    a, b = reference, narrow
-    for later in range(layer + 1, side.num_layers):
+    a, b = list(reference), list(narrow)
+    for later in range(first, side.num_layers):
         a, b = side.run_layer(later, a), side.run_layer(later, b)
     final = sum(float(np.sum((final_norm(y, g, eps) - final_norm(x, g, eps)).astype(np.float64) ** 2))
                 for x, y in zip(a, b, strict=True))
@@ -179,8 +226,7 @@ def _transfer(side: CheckpointSide, layer: int, reference: list[State], narrow: 
 
 
 def _table_candidate(side: CheckpointSide, recipe: QuantRecipe, sequences: Sequence[Sequence[int]],
-                     normed: Sequence[np.ndarray], g2: np.ndarray, inv_rms2: np.ndarray, total: float,
-                     result: Sensitivity) -> int:
+                     final: FinalWeighting, result: Sensitivity, propagate: int = 0) -> int:
     """Adds the table / lm_head candidate (when lm_head is quantized below 8 bits); returns their plain bytes."""
     spec = side.spec
     v, h = spec.vocab_size, spec.hidden_size
@@ -190,29 +236,49 @@ def _table_candidate(side: CheckpointSide, recipe: QuantRecipe, sequences: Seque
         return plain
     name = EMBED_NAME if spec.tie_word_embeddings else "lm_head.weight"
     info = side.store.info(name, (v, h))
-    hess = sum(x.astype(np.float64).T @ x.astype(np.float64) for x in normed)  # (H, H)
-    seen = sorted({i for ids in sequences for i in ids})
-    errors = []
+    hess = sum(x.astype(np.float64).T @ x.astype(np.float64) for x in final.normed)  # (H, H)
+    seen = sorted({i for ids in sequences for i in ids}) if recipe.shared_table else []
+    raw: dict[int, np.ndarray] = {}  # token id -> its float embedding row (H,)
+    heads: list[float] = []  # (narrow, wide) of each part
+    embeds: list[float] = []
+    quantized: list[dict[int, np.ndarray]] = []
     for chosen in (head, wide_recipe(head)):
         noise = signal = 0.0
-        rows: dict[int, np.ndarray] = {}  # token id -> its embedding row's quantization error (H,)
+        rows: dict[int, np.ndarray] = {}  # token id -> its quantized embedding row (H,)
         for start in range(0, v, HEAD_ROWS):
             w = side.store.read_rows(info, start, min(v, start + HEAD_ROWS))  # (rows, H)
-            d = quantizer(chosen)(w) - w
-            noise += output_energy(d, hess)
+            q = quantizer(chosen)(w)
+            noise += output_energy(q - w, hess)
             signal += output_energy(w, hess)
-            if recipe.shared_table:  # widening the shared table also removes its embedding-row error
-                rows.update({i: d[i - start] for i in seen if start <= i < start + len(w)})
-        error = noise / signal if signal else 0.0
-        if rows:
-            embed = np.concatenate([(np.stack([rows[i] for i in ids]).astype(np.float64) ** 2) @ g2
-                                    for ids in sequences])  # (T,): the error entering the stream at layer 0
-            error += float(embed @ inv_rms2) / total
-        errors.append(error)
+            # Widening the shared table also removes its embedding-row error: keep the rows the windows read.
+            kept = [i for i in seen if start <= i < start + len(w)]
+            raw.update({i: w[i - start] for i in kept})
+            rows.update({i: q[i - start] for i in kept})
+        heads.append(noise / signal if signal else 0.0)
+        embeds.append(_embedding_score(rows, raw, sequences, final) if rows else 0.0)
+        quantized.append(rows)
+    factor = 1.0
+    if propagate and raw:  # the narrow rows' error entering layer 0, run through every fp32 layer
+        windows = sequences[:propagate]
+        factor = _transfer(side, 0, _embedded(raw, windows), _embedded(quantized[0], windows), final.g)
+    score = TableScore((heads[0], heads[1]), (embeds[0], embeds[1]), factor)
     extra = recipe_bytes(v, h, wide_recipe(head)) - recipe_bytes(v, h, head)
-    result.candidates.append(Candidate(name, errors[0], errors[1], extra))
-    result.table = name
+    result.candidates.append(Candidate(name, score.error(False), score.error(True), extra))
+    result.table, result.table_score = name, score
     return plain
+
+
+def _embedded(rows: dict[int, np.ndarray], sequences: Sequence[Sequence[int]]) -> list[State]:
+    """The states entering layer 0 with these embedding rows: (1, S, H) each, no residual yet."""
+    return [State(np.stack([rows[i] for i in ids]).astype(np.float32)[None], None) for ids in sequences]
+
+
+def _embedding_score(rows: dict[int, np.ndarray], raw: dict[int, np.ndarray], sequences: Sequence[Sequence[int]],
+                     final: FinalWeighting) -> float:
+    """First-order score of the embedding rows' error (quantized - float), entering the stream at layer 0."""
+    error = {i: (rows[i] - raw[i]).astype(np.float64) for i in rows}  # token id -> (H,)
+    weighted = np.concatenate([(np.stack([error[i] for i in ids]) ** 2) @ final.g2 for ids in sequences])  # (T,)
+    return final.score(weighted)
 
 
 def measured_recipe(side: CheckpointSide, sequences: Sequence[Sequence[int]], recipe: QuantRecipe,
@@ -226,9 +292,14 @@ def measured_recipe(side: CheckpointSide, sequences: Sequence[Sequence[int]], re
     by_name = {c.name: c for c in measured.candidates}
     record = {"size_budget": recipe.size_budget, "plain_weight_bytes": measured.plain_bytes,
               "budget_bytes": allowed, "extra_bytes": sum(by_name[n].extra_bytes for n in chosen),
-              "metric": "error energy of the normalised final state, each layer's transfer measured on "
-                        f"{PROPAGATE_WINDOWS} window(s) (reference/sensitivity_pass.py)",
+              "metric": "error energy of the normalised final state, each layer's transfer (and the tied "
+                        f"table's embedding rows' through every layer) measured on {PROPAGATE_WINDOWS} window(s) "
+                        "(reference/sensitivity_pass.py)",
               "candidates": len(measured.candidates),
               "chosen": [{"tensor": n, "int4_error": by_name[n].narrow_error, "int8_error": by_name[n].wide_error,
                           "extra_bytes": by_name[n].extra_bytes} for n in chosen]}
+    score = measured.table_score
+    if score is not None:  # the table's error in its parts: (int4, int8) each, and the embedding rows' transfer
+        record["table"] = {"tensor": measured.table, "lm_head_error": list(score.head),
+                           "embedding_error": list(score.embedding), "embedding_transfer": score.transfer}
     return widen(recipe, chosen, measured.table), record

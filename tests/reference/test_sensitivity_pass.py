@@ -16,11 +16,13 @@ from phi3_edge.quantize.blockwise import dequantize, quantize_hqq
 from phi3_edge.quantize.recipe import LinearRecipe, QuantOptions, QuantRecipe, decide_recipe, wide_recipe
 from phi3_edge.quantize.sensitivity import budget_bytes, choose_wide, matmul_nbits_bytes
 from phi3_edge.reference import calibrate as cal
-from phi3_edge.reference.checkpoint_side import EMBED_NAME, CheckpointSide
+from phi3_edge.reference.checkpoint_side import EMBED_NAME, CheckpointSide, final_norm
 from phi3_edge.reference.sensitivity_pass import (
+    PROPAGATE_WINDOWS,
     Sensitivity,
     linear_shapes,
     measure_sensitivity,
+    measured_recipe,
     quantizer,
     recipe_bytes,
 )
@@ -140,18 +142,109 @@ def test_linear_shapes_match_the_checkpoint(tiny_checkpoint) -> None:
     assert list(linear_shapes(spec, 1)) == cal.linear_names(1)
 
 
-def test_propagation_rescales_whole_layers_and_leaves_the_table(tiny_checkpoint) -> None:
-    """propagate: one measured factor per layer (its four candidates keep their ratios), the table untouched."""
+def test_propagation_rescales_whole_layers_and_leaves_an_untied_lm_head(tiny_checkpoint) -> None:
+    """propagate: one measured factor per layer (its four candidates keep their ratios); an untied lm_head is
+    scored at the logits, where it acts: nothing to propagate."""
     first, layers = measure(tiny_checkpoint("gqa"), lm_head="int4")  # an int4 head: the table is a candidate
     carried, _ = measure(tiny_checkpoint("gqa"), propagate=2, lm_head="int4")
-    assert first.table is not None and first.candidates[-1].name == first.table
+    assert first.table == "lm_head.weight" and first.candidates[-1].name == first.table
     pairs = list(zip(first.candidates, carried.candidates, strict=True))
     assert [a.name for a, _ in pairs] == [b.name for _, b in pairs]
     for layer in range(layers):
         ratios = {round(r, 9) for a, b in pairs if f".{layer}." in a.name
                   for r in (b.narrow_error / a.narrow_error, b.wide_error / a.wide_error)}
         assert len(ratios) == 1 and next(iter(ratios)) > 0  # narrow and wide scores of every tensor alike
-    assert pairs[-1][0] == pairs[-1][1]  # the table / lm_head candidate is scored at the end either way
+    assert pairs[-1][0] == pairs[-1][1]  # the lm_head candidate is scored at the end either way
+    assert carried.table_score is not None and carried.table_score.embedding == (0.0, 0.0)
+
+
+def test_propagation_scales_the_tied_tables_embedding_part_only(tiny_checkpoint) -> None:
+    """Tied and shared: the table's embedding rows' error enters the stream before layer 0 and is propagated
+    through every layer (its own measured factor); its lm_head part, measured at the logits, stays as is."""
+    folder = tiny_checkpoint("partial_tied")
+    first, _ = measure(folder, lm_head="int4")
+    carried, _ = measure(folder, propagate=2, lm_head="int4")
+    a, b = first.table_score, carried.table_score
+    assert first.table == carried.table == EMBED_NAME and a is not None and b is not None
+    assert a.transfer == 1.0 and b.transfer > 0 and not np.isclose(b.transfer, 1.0)
+    assert a.head == b.head and a.embedding == b.embedding  # the parts' first-order scores are the same
+    assert all(part[0] > part[1] > 0 for part in (a.head, a.embedding))  # int8 closer than int4 in both uses
+    table = {c.name: c for c in carried.candidates}[EMBED_NAME]
+    assert table.narrow_error == b.head[0] + b.transfer * b.embedding[0]
+    assert table.wide_error == b.head[1] + b.transfer * b.embedding[1]
+
+
+def test_the_embedding_transfer_is_measured_from_the_int4_tables_rows(tiny_checkpoint) -> None:
+    """The factor the table's embedding part is scaled by, recomputed from the model's own embed of an int4
+    table (a weight_map on the embedding rows) run through every fp32 layer: the pass's narrow states are those."""
+    folder = tiny_checkpoint("partial_tied")
+    measured, _ = measure(folder, propagate=1, lm_head="int4")
+    assert measured.table_score is not None
+    head = cpu_int4_recipe(folder, "int4").lm_head
+    assert head is not None
+    checkpoint = resolve_checkpoint(str(folder))
+    spec = load_spec(checkpoint.config_path)
+    ids = windows(spec.vocab_size)[0]
+    finals = []
+    for table in (None, quantizer(head)):
+        def mapped(name: str, rows: np.ndarray, table=table) -> np.ndarray:
+            return table(rows) if table is not None and name == EMBED_NAME else rows
+
+        with CheckpointSide(spec, checkpoint.weight_files, weight_map=mapped) as side:
+            states = [side.embed(ids)]
+            entering = states[0].hidden[0].astype(np.float64)  # (S, H)
+            for layer in range(spec.num_layers):
+                states = side.run_layer(layer, states)
+            g = side.store.read_rows(side.store.info("model.norm.weight", (spec.hidden_size,)), 0, spec.hidden_size)
+        finals.append((entering, states[0], final_norm(states[0], g, spec.rms_norm_eps)))
+    (e_ref, s_ref, n_ref), (e_q, _, n_q) = finals
+    stream = s_ref.hidden[0] + s_ref.residual[0]  # (S, H): the fp32 final stream
+    first_order = float((((e_q - e_ref) ** 2) @ (g.astype(np.float64) ** 2)) @
+                        (1.0 / ((stream.astype(np.float64) ** 2).mean(axis=-1) + spec.rms_norm_eps)))
+    measured_energy = float(np.sum((n_q - n_ref).astype(np.float64) ** 2))
+    assert np.isclose(measured.table_score.transfer, measured_energy / first_order, rtol=1e-6)
+
+
+def test_a_table_dominant_through_its_embedding_rows_ranks_first_only_propagated(tiny_checkpoint,
+                                                                                 tmp_path: Path) -> None:
+    """A heavy-tailed tied table (Student t, 1.5 degrees of freedom: int4 blocks holding an outlier round the
+    rest coarsely) and layer 0's qkv already on its int4 grid (nothing to gain there). The table's int4 error
+    matters through its embedding rows, which layer 0 reads normalised, so it is amplified on the way to the
+    final state: propagated, the table leads the gain per byte and is the first choice within its own bytes;
+    scored first-order (the error carried unchanged from layer 0) it is not."""
+    source = tiny_checkpoint("partial_tied")
+    planted = tmp_path / "planted"
+    shutil.copytree(source, planted)
+    tensors = load_file(str(planted / "model.safetensors"))
+    table = tensors[EMBED_NAME]
+    heavy = np.random.default_rng(1).standard_t(1.5, table.shape) * table.std()  # (V, H)
+    qkv = "model.layers.0.self_attn.qkv_proj.weight"
+    narrow = cpu_int4_recipe(source, "int4").for_tensor(qkv)
+    assert narrow is not None
+    save_file({**tensors, EMBED_NAME: heavy.astype(np.float32), qkv: quantizer(narrow)(tensors[qkv])},
+              str(planted / "model.safetensors"), metadata={"format": "pt"})
+    measured, _ = measure(planted, propagate=1, lm_head="int4")
+    best = max(measured.candidates, key=lambda c: c.gain_per_byte)
+    assert best.name == measured.table == EMBED_NAME
+    assert choose_wide(measured.candidates, best.extra_bytes)[0] == EMBED_NAME
+    score = measured.table_score
+    assert score is not None and score.transfer * score.embedding[0] > score.head[0]  # its embedding part leads
+    first_order, _ = measure(planted, lm_head="int4")
+    assert max(first_order.candidates, key=lambda c: c.gain_per_byte).name != EMBED_NAME
+
+
+def test_the_manifest_record_holds_the_tables_score_parts(tiny_checkpoint) -> None:
+    """measured_recipe's record (manifest.json) states the table's parts as measured at the export's windows."""
+    folder = tiny_checkpoint("partial_tied")
+    checkpoint = resolve_checkpoint(str(folder))
+    spec = load_spec(checkpoint.config_path)
+    with CheckpointSide(spec, checkpoint.weight_files) as side:
+        _, record = measured_recipe(side, windows(spec.vocab_size), cpu_int4_recipe(folder, "int4"))
+    measured, _ = measure(folder, propagate=PROPAGATE_WINDOWS, lm_head="int4")
+    score = measured.table_score
+    assert score is not None and score.transfer != 1.0
+    assert record["table"] == {"tensor": EMBED_NAME, "lm_head_error": list(score.head),
+                               "embedding_error": list(score.embedding), "embedding_transfer": score.transfer}
 
 
 @pytest.mark.parametrize("zero_points", ["uint", "float"])
