@@ -119,9 +119,11 @@ def _calibrator(request: ExportRequest) -> Calibrate | None:
             raise Phi3EdgeError(f"--calibration applies to --quant-algo {' or '.join(CALIBRATED_ALGOS)} and to "
                                 f"--mixed-precision, not {request.quant.algo}", request.calibration)
         return None
+    from phi3_edge.exporter.build import WEIGHT_DTYPES
     from phi3_edge.reference.export_calibration import calibrator
 
-    return calibrator(request.calibration, request.progress)
+    target = get_target(request.target)  # AWQ's clip search picks scales as the export stores them
+    return calibrator(request.calibration, request.progress, WEIGHT_DTYPES.get(target.weight_format, target.io_dtype))
 
 
 def _measure_fidelity(request: ExportRequest, candidate: Path, checkpoint: Path) -> dict[str, Any]:

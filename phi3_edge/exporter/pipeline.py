@@ -67,7 +67,8 @@ def export_artifact(request: ExportRequest, target: Target, measure: MeasureFide
     recipe = calibration.recipe  # as applied: a calibration pass may change it
     total_bytes = sum(path.stat().st_size for path in checkpoint.weight_files)
     # The checkpoint folder is protected: `--model X -o X --force` must never delete the user's weights.
-    # GPTQ blocks wait in a temp spill folder (quantize/calibrated.py), deleted when this block ends, failed or not.
+    # GPTQ's and AWQ's blocks wait in a temp spill folder (quantize/calibrated.py), deleted when this block ends,
+    # failed or not.
     with calibration.blocks or nullcontext(), \
             staged_artifact(output, force=request.force, on_stage=on_stage, protected=(checkpoint.root,)) as folder:
         with export_progress(total_bytes, spec.num_layers, request.progress) as hooks:

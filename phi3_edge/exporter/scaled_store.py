@@ -7,7 +7,10 @@
         down                 columns * s_down
 
 Every read of a folded tensor goes through here, whatever the plan reads it as (packed or three Q/K/V ranges,
-rows or column blocks), so the fold is one rule, not one per block. Folding runs on float32 slices only: the
+rows or column blocks), so the fold is one rule, not one per block. In a `--quant-algo awq` export the body's
+Linears come ready-made from the calibration pass (folded there by the same Fold, then clip-searched:
+reference/calibrate.py), so the reads folded here are the norms; a float export of scaled weights (tests) folds
+every tensor. Folding runs on float32 slices only: the
 stored GGUF blocks of a folded tensor are never carried (they hold the unscaled weights).
 """
 

@@ -23,10 +23,11 @@ from phi3_edge.targets.table import Target
 
 ALGOS = ("rtn", "hqq")
 # Algorithms that need a calibration pass over text before the export (reference/export_calibration.py, run
-# by api): GPTQ computes the body's blocks there (quantize/calibrated.py), AWQ per-channel scales that the
-# exporter folds into the weights as it reads them, then rounds symmetric RTN (quantize/awq.py).
+# by api): GPTQ computes the body's blocks there (quantize/calibrated.py); AWQ per-channel scales (folded into
+# the norms as the exporter reads them, quantize/awq.py) and then, its second step, the clip-searched blocks of
+# the folded Linears (quantize/clip.py), handed over like GPTQ's.
 CALIBRATED_ALGOS = ("gptq", "awq")
-BLOCK_ALGOS = ("gptq",)  # the calibrated ones whose codes come ready-made (the exporter never rounds them)
+BLOCK_ALGOS = ("gptq", "awq")  # the calibrated ones whose codes come ready-made (the exporter never rounds them)
 OPTION_ALGOS = ALGOS + CALIBRATED_ALGOS  # what --quant-algo accepts
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # unset, fp32, fp16, bf16, int8 (MatMulNBits' accuracy_level attribute)
 HQQ_BITS = (2, 4)  # HQQ's float zero points are rejected by ORT 1.32's CPU kernel with 8-bit weights

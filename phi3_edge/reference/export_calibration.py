@@ -2,7 +2,8 @@
 
     calibration text (built-in | --calibration FILE) ─► checkpoint's tokenizer.json ─► windows (calibrate.py)
         ─► over the streamed reference, one layer at a time ─┬─ gptq_calibrate ─► CalibratedBlocks ─► export_graph
-                                                              └─ awq_calibrate  ─► AwqScales (folded on read)
+                                                              └─ awq_calibrate  ─► AwqScales (norms folded on read)
+                                                                  + clip search  ─► CalibratedBlocks (the Linears)
     --mixed-precision (any body algorithm) first: sensitivity_pass.measured_recipe ─► the recipe with the measured
     int8 tensors, which the GPTQ/AWQ passes then follow (Calibration.recipe; manifest "mixed_precision" record)
 
@@ -17,6 +18,7 @@ import hashlib
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,11 @@ BUILTIN = "built-in"  # manifest.json's calibration "source" for the package's o
 Calibrator = Callable[[Phi3Spec, Checkpoint, QuantRecipe], Calibration]
 
 
-def calibrator(path: Path | None, progress: bool | None) -> Calibrator:
-    """Reads and checks the text now (CalibrationError: one line naming the file); calibrates when called."""
+def calibrator(path: Path | None, progress: bool | None, scale_dtype: str = "float32") -> Calibrator:
+    """Reads and checks the text now (CalibrationError: one line naming the file); calibrates when called.
+
+    `scale_dtype`: the dtype the export stores MatMulNBits scales in (the target's io dtype): AWQ's clip search
+    chooses among scales rounded to it, so the blocks it judged are the blocks the graph holds."""
     text = cal.calibration_text(path)
     source: dict[str, Any] = {"source": BUILTIN} if path is None else {
         "source": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
@@ -61,8 +66,10 @@ def calibrator(path: Path | None, progress: bool | None) -> Calibrator:
                 return Calibration(recipe, record=record)  # rtn/hqq: the measured recipe is all this pass gives
             with _progress(progress, spec.num_layers, algo) as step:
                 if algo == "awq":
-                    scales = _awq_scales(side, sequences, recipe, step)
-                    return Calibration(recipe, scales=scales, record={**record, "awq": scales.to_json()})
+                    recipe = awq_recipe(recipe)
+                    scales, blocks = _awq(side, sequences, recipe, step, scale_dtype)
+                    return Calibration(recipe, blocks=blocks, scales=scales,
+                                       record={**record, "awq": {**scales.to_json(), "clip": CLIP_RECORD}})
                 return Calibration(recipe, blocks=_gptq_blocks(side, sequences, recipe, step), record=record)
 
     return run
@@ -83,24 +90,51 @@ def _gptq_blocks(side: CheckpointSide, sequences: list[list[int]], recipe: Quant
     return blocks
 
 
-def _awq_scales(side: CheckpointSide, sequences: list[list[int]], recipe: QuantRecipe,
-                step: Callable[[int], None] | None) -> AwqScales:
-    """AWQ's scale vectors, layer by layer; each group searched with the rounding its tensor will get in the
-    export (symmetric RTN at the recipe's bits and block: int4 body, int8 mixed-precision down projections).
-    Only the vectors are kept: each layer's folded weights are dropped once the next layer starts."""
+# manifest.json's calibration.awq.clip: AWQ's second step, as run (quantize/clip.py)
+CLIP_RECORD = {"search": "per-block scale shrink, output error on the block Gram", "shrink": [0.6, 1.1, 26]}
+
+
+def awq_recipe(recipe: QuantRecipe) -> QuantRecipe:
+    """The recipe as an AWQ pass applies it: mixed precision's int8 tensors (wide_recipe: "rtn") are folded and
+    clip-searched like the body, so they are recorded as AWQ at their own bits and block."""
+    overrides = tuple((name, replace(r, algo="awq") if r.algo == "rtn" and r.symmetric else r)
+                      for name, r in recipe.overrides)
+    return replace(recipe, overrides=overrides)
+
+
+def _awq(side: CheckpointSide, sequences: list[list[int]], recipe: QuantRecipe,
+         step: Callable[[int], None] | None, scale_dtype: str) -> tuple[AwqScales, CalibratedBlocks]:
+    """AWQ's scale vectors and, per layer, the clip-searched blocks of every body Linear at its recipe's bits and
+    block (int4 body, block-64 gate_up, int8 mixed-precision tensors), spilled as each layer finishes (a 14B
+    body's scales alone are 1/8 of its int4 bytes). Each group's alpha is searched with the rounding its tensor
+    gets (symmetric RTN at its bits and block). The folded fp32 weights are dropped once the next layer starts;
+    the exporter folds the norms on read (the only folded tensors it still reads)."""
+    assert recipe.body is not None
     found = AwqScales({})
+    blocks = CalibratedBlocks("awq")
 
     def rtn(chosen: LinearRecipe | None) -> Quantizer:
         if chosen is None:
             raise ValueError("an AWQ body has no float Linears")
-        return lambda w: quantize_rtn(w, chosen.bits, chosen.block_size, True)
+        return lambda w: quantize_rtn(w, chosen.bits, chosen.block_size, True, scale_dtype)
+
+    def plan(name: str) -> tuple[int, int] | None:
+        chosen = recipe.for_tensor(name)
+        return None if chosen is None or chosen.algo != "awq" else (chosen.bits, chosen.block_size)
 
     def keep(_layer: int, result: cal.AwqLayer) -> None:
         found.merge(result.scales)
+        for name, quantized in result.blocks.items():
+            blocks.add(name, quantized)
 
-    cal.awq_calibrate(side, sequences, rtn(recipe.body), keep, per_tensor=lambda name: rtn(recipe.for_tensor(name)),
-                      on_layer=step)
-    return found
+    try:
+        cal.awq_calibrate(side, sequences, rtn(recipe.body), keep,
+                          per_tensor=lambda name: rtn(recipe.for_tensor(name)), on_layer=step, clip=plan,
+                          scale_dtype=scale_dtype)
+    except BaseException:
+        blocks.close()  # a failed pass leaves no spill folder behind
+        raise
+    return found, blocks
 
 
 def _window(spec: Phi3Spec) -> int:
