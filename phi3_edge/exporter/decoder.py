@@ -89,7 +89,7 @@ def build_decoder(g: GraphBuilder, spec: Phi3Spec, plan: DecoderPlan, source: We
     final_norm = _norm_weight(g, source, spec, "model.norm.weight")
     hidden, residual = _kept_positions(g, hidden, residual or hidden)  # (B, S, H) -> (B, k, H)
     normed, _ = skip_rms_norm(g, hidden, residual, final_norm, spec.rms_norm_eps, "model/norm")
-    logits = heads.lm_head(g, normed)  # (B, S, V)
+    logits = heads.lm_head(g, normed)  # (B, k, V)
     g.rename_value(logits, io_spec.LOGITS)
     return g.model(_graph_inputs(spec, plan), _graph_outputs(spec, plan))
 
@@ -123,8 +123,8 @@ def _kept_positions(g: GraphBuilder, hidden: str, residual: str) -> tuple[str, s
     Slice clamps: -0 = 0 starts at the first position, and k >= S also keeps all S. The input is backed by an
     initializer holding the default (io_spec.optional_inputs), so onnxruntime does not constant-fold it away.
     """
-    for spec, default in io_spec.optional_inputs():
-        g.add_initializer(numpy_helper.from_array(np.array([default], dtype=np.int64), spec.name))
+    for value, default in io_spec.optional_inputs():  # logits_to_keep's default, under the input's own name
+        g.add_initializer(numpy_helper.from_array(np.array([default], dtype=np.int64), value.name))
     start = g.op("Neg", [io_spec.LOGITS_TO_KEEP], name="logits_to_keep/start")  # [-k]
     end, axis = g.const([np.iinfo(np.int64).max]), g.const([1])
     kept = g.op("Slice", [hidden, start, end, axis], name="logits_to_keep/hidden")  # (B, k, H)
