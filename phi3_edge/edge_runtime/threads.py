@@ -67,6 +67,11 @@ class SessionTuning:
     mem_pattern: bool = True  # off: 0.96x, 1.95x (no gain)
     optimization: str = "all"  # OPTIMIZATION_LEVELS key; "extended": 0.91x, 1.37x (no gain)
     extra: tuple[tuple[str, str], ...] = ()  # more session config entries, verbatim (bench experiments)
+    # onnxruntime's log level (0 verbose .. 3 error). At its default (2, warning) every load of our graphs
+    # prints "Initializer logits_to_keep appears in graph inputs ...": that input is overridable on purpose
+    # (io_spec.LOGITS_TO_KEEP). onnxruntime-genai prints nothing for the same folder. Errors still show, and
+    # the provider a session really runs on is checked by us (providers.session_provider), not read from logs.
+    log_severity: int = 3
 
 
 DEFAULT_TUNING = SessionTuning()
@@ -80,6 +85,7 @@ def session_options(intra_op_threads: int | None = None, tuning: SessionTuning =
     options.intra_op_num_threads = threads
     options.enable_cpu_mem_arena = tuning.cpu_arena
     options.enable_mem_pattern = tuning.mem_pattern
+    options.log_severity_level = tuning.log_severity
     entries = {"session.intra_op.allow_spinning": "1" if tuning.spinning else "0"}
     if tuning.spin_duration_us is not None:
         entries["session.intra_op.spin_duration_us"] = str(tuning.spin_duration_us)

@@ -41,3 +41,9 @@ def test_thread_affinities_name_our_cpus_beyond_the_first() -> None:
     assert thread_affinities(len(cpus) + 1) is None  # more threads than CPUs: leave placement to the OS
     if len(cpus) >= 2:
         assert thread_affinities(2) == str(cpus[1] + 1)
+
+
+def test_sessions_log_errors_only_by_default() -> None:
+    # The overridable logits_to_keep initializer makes onnxruntime warn on every load at level 2; errors (3) show.
+    assert session_options(1).log_severity_level == 3
+    assert session_options(1, SessionTuning(log_severity=2)).log_severity_level == 2
