@@ -40,3 +40,21 @@ def test_search_lowers_the_output_error_on_outlier_channels() -> None:
     _s, alpha, ratio = search_scales(x, [w], np.abs(x).mean(axis=0), rtn4)
     # Measured alpha 0.35, error 0.34x of unscaled RTN here; alpha=0 is in the grid, so ratio <= 1 always.
     assert alpha > 0 and ratio < 0.7
+
+
+def test_coarse_to_fine_finds_the_full_grid_alpha_in_fewer_evaluations() -> None:
+    x = outlier_inputs(seed=3)
+    w = (np.random.default_rng(4).normal(size=(64, 128)) * 0.05).astype(np.float32)
+    calls: list[int] = []
+
+    def counted(v: np.ndarray):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return rtn4(v)
+
+    s_full, alpha_full, ratio_full = search_scales(x, [w], np.abs(x).mean(axis=0), counted, coarse=1)
+    full_calls = len(calls)
+    calls.clear()
+    s, alpha, ratio = search_scales(x, [w], np.abs(x).mean(axis=0), counted)
+    assert (full_calls, len(calls)) == (21, 10)  # 0, .2, .., 1, then the best's neighbours at 2 and 1 steps
+    assert alpha == alpha_full and ratio == ratio_full
+    np.testing.assert_array_equal(s, s_full)
