@@ -25,6 +25,7 @@ from tokenizers import Tokenizer
 
 from phi3_edge.exporter.checkpoint import resolve_checkpoint
 from phi3_edge.exporter.config import Phi3Spec, load_spec
+from phi3_edge.quantize import awq as awq_mod
 from phi3_edge.quantize.blockwise import QuantizedBlocks, dequantize, quantize_hqq, quantize_rtn
 from phi3_edge.quantize.mixed import down_proj_name, uses_more_bits
 from phi3_edge.quantize.recipe import LinearRecipe, QuantRecipe
@@ -204,6 +205,29 @@ def awq_weights(bench: Bench, body: BlockFn) -> tuple[dict[str, np.ndarray], flo
     return folded, time.perf_counter() - started, alphas
 
 
+def awq_clip_weights(bench: Bench, coarse: int | None = None) -> tuple[dict[str, np.ndarray], float, list[float]]:
+    """AWQ as `--quant-algo awq` exports it: scales, then the clip search on the folded weights (every Linear
+    int4 block 32 here, like the other rows), the stream reading the clipped blocks. Returns every Linear's
+    dequantized blocks and the folded norms, seconds, alphas. `coarse`: the alpha search's (1: full scan)."""
+    done: dict[str, np.ndarray] = {}
+    alphas: list[float] = []
+    started = time.perf_counter()
+
+    def sink(layer: int, result: cal.AwqLayer) -> None:
+        done.update({n: w for n, w in result.weights.items() if not n.endswith("_proj.weight")})  # norms
+        done.update({n: dequantize(b) for n, b in result.blocks.items()})
+        alphas.extend(result.alphas.values())
+
+    held = awq_mod.COARSE
+    awq_mod.COARSE = held if coarse is None else coarse
+    try:
+        with bench.side(None) as side:
+            cal.awq_calibrate(side, bench.calibration, rtn(4), sink, clip=lambda name: (4, 32))
+    finally:
+        awq_mod.COARSE = held
+    return done, time.perf_counter() - started, alphas
+
+
 def folded_map(folded: dict[str, np.ndarray], body: BlockFn, table: BlockFn | None) -> WeightMap:
     inner = body_map(body, table)
 
@@ -287,8 +311,8 @@ def fixed_rule_row(bench: Bench, measured: Sensitivity) -> list[RealRow]:
 
 def run_all(bench: Bench, only: set[str] | None = None, budgets: Sequence[float] = BUDGETS,
             propagate: int = 0) -> list[RealRow]:
-    """Every recipe row; `only`: row kinds to run (table, rtn, hqq, gptq, awq, awq+gptq, hqq8, int8, mixed,
-    awq+mixed)."""
+    """Every recipe row; `only`: row kinds to run (table, rtn, hqq, gptq, awq, awq-full, awq+gptq, hqq8, int8,
+    mixed, awq+mixed)."""
     i4, i8 = (4, "none"), (8, "none")
     rows: list[RealRow] = []
 
@@ -321,6 +345,12 @@ def run_all(bench: Bench, only: set[str] | None = None, budgets: Sequence[float]
               seconds)
         timed("awq + rtn sym int4 + int8 table", "awq", folded_map(folded, rtn(4), rtn(8)), bench.bytes_of(i4, i8),
               seconds)
+    for key, coarse, label in (("awq", None, "awq (+ clip: the export's) int4 + int8 table"),
+                               ("awq-full", 1, "awq (+ clip, full alpha scan) int4 + int8 table")):
+        if want(key):
+            done, seconds, alphas = awq_clip_weights(bench, coarse)
+            print(f"{key} alphas", np.round(alphas, 2).tolist(), flush=True)
+            timed(label, key, body_map(None, rtn(8), done), bench.bytes_of(i4, i8), seconds)
     if want("awq+gptq"):
         folded, seconds, _ = awq_weights(bench, rtn(4))
         done, more = bench.gptq(True, lambda name, rows: folded.get(name, rows))

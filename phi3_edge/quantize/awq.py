@@ -36,14 +36,15 @@ def channel_scales(abs_mean: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def search_scales(x: np.ndarray, weights: Sequence[np.ndarray], abs_mean: np.ndarray, quantize: Quantizer,
-                  grid: int = GRID, coarse: int = COARSE) -> tuple[np.ndarray, float, float]:
+                  grid: int = GRID, coarse: int | None = None) -> tuple[np.ndarray, float, float]:
     """(s, best alpha, error ratio to alpha=0) for Linears sharing the input x (tokens, K).
 
     The error is sum over the Linears of ||x W^T - (x / s) Q(W * s)^T||^2 on the given rows. Coarse to fine on
     AWQ's grid of `grid` + 1 alphas: every `coarse`-th step first (0, 0.2, .., 1), then the best one's
     neighbours at half that distance, and so on down to one step: 6 + 2 + 2 = 10 evaluations instead of 21, the
-    full scan's grid point whenever the error is unimodal in alpha (coarse=1: the full scan).
+    full scan's grid point whenever the error is unimodal in alpha (coarse=1: the full scan; None: COARSE).
     """
+    coarse = COARSE if coarse is None else coarse  # read at call time: bench/quant_real.py compares both
     x = x.astype(np.float32)
     reference = [x @ w.T for w in weights]  # (T, N) each
     errors: dict[int, tuple[float, np.ndarray]] = {}
