@@ -41,8 +41,10 @@ def block_grams(x: np.ndarray, block_size: int) -> np.ndarray:
     """(T, K) inputs -> (n_blocks, block, block) float64: the diagonal blocks of x^T x, K zero-padded."""
     tokens, k = x.shape
     nb = n_blocks(k, block_size)
-    padded = np.zeros((tokens, nb * block_size), dtype=np.float64)
-    padded[:, :k] = x
+    padded = np.asarray(x, dtype=np.float64)
+    if k != nb * block_size:  # only a ragged last block needs the zero-padded copy
+        padded = np.zeros((tokens, nb * block_size), dtype=np.float64)
+        padded[:, :k] = x
     by_block = padded.reshape(tokens, nb, block_size).transpose(1, 0, 2)  # (nb, T, b)
     grams: np.ndarray = by_block.transpose(0, 2, 1) @ by_block  # (nb, b, b)
     return grams
@@ -77,9 +79,12 @@ def clip_search(w: np.ndarray, grams: np.ndarray, bits: int, scale_dtype: str = 
     if n_blocks(w.shape[1], block_size) != nb:
         raise ValueError(f"{nb} Gram blocks of {block_size} do not cover K = {w.shape[1]}")
     step = max(1, CHUNK_WEIGHTS // max(1, w.shape[1]))
-    parts = [_clip_rows(w[i:i + step], grams, bits, scale_dtype, shrink) for i in range(0, len(w), step)]
-    return QuantizedBlocks(np.concatenate([p.q for p in parts]), np.concatenate([p.scales for p in parts]), None,
-                           bits, w.shape[1])
+    q = np.empty((len(w), nb, block_size), dtype=np.uint8)  # filled chunk by chunk: no second copy at the end
+    scales = np.empty((len(w), nb), dtype=np.float32)
+    for i in range(0, len(w), step):
+        part = _clip_rows(w[i:i + step], grams, bits, scale_dtype, shrink)
+        q[i:i + step], scales[i:i + step] = part.q, part.scales
+    return QuantizedBlocks(q, scales, None, bits, w.shape[1])
 
 
 def _clip_rows(w: np.ndarray, grams: np.ndarray, bits: int, scale_dtype: str, shrink: np.ndarray) -> QuantizedBlocks:
