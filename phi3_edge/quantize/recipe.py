@@ -193,18 +193,20 @@ def _block_overrides(target: Target, model: ModelShape,
     Per tensor, not for a tensor whose GGUF blocks are carried into the body's format as they are
     (ModelShape.carry_formats): a coarser block there would dequantize its stored codes and round them again,
     so carrying wins; a tensor of the same file stored otherwise (Q6_K, Q4_1, F16) is re-quantized anyway and
-    takes the target's block.
+    takes the target's block, as does every tensor of a calibrated body (nothing of it is carried).
     """
     if body is None:
         return ()
     kept = (body.bits, body.block_size)
+    # GPTQ's codes come ready-made and AWQ's weights are folded before rounding: neither carries stored blocks.
+    carries = body.algo not in CALIBRATED_ALGOS
     overrides = []
     for stem, block in target.block_overrides:
         if model.hidden_size % block:
             continue
         for layer in range(model.num_layers):
             name = f"model.layers.{layer}.{stem}.weight"
-            if model.carried_into(name) != kept:
+            if not (carries and model.carried_into(name) == kept):
                 overrides.append((name, replace(body, block_size=block)))
     return tuple(overrides)
 

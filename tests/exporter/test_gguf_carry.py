@@ -186,6 +186,12 @@ def test_a_uniform_file_is_all_carried_or_all_overridden(tokenizer_dir: Path, tm
         assert names <= set(formats) and set(formats.values()) == {fmt}, qtype
     target = get_target("cpu-int4")
     assert decide_recipe(target, QuantOptions(), listed["Q4_0"]).overrides == ()
+    every_layer = [GATE_UP.format(i) for i in range(spec.num_layers)]
     overridden = decide_recipe(target, QuantOptions(), listed["Q8_0"]).overrides
-    assert [name for name, _ in overridden] == [GATE_UP.format(i) for i in range(spec.num_layers)]
+    assert [name for name, _ in overridden] == every_layer
+    # A calibrated body carries nothing (GPTQ's codes are its own, AWQ folds before rounding; see
+    # test_awq_export's carried-tensor count): the Q4_0 file's tensors take the target's block like any other.
+    for algo in ("gptq", "awq"):
+        calibrated = decide_recipe(target, QuantOptions(algo=algo), listed["Q4_0"]).overrides
+        assert [name for name, _ in calibrated] == every_layer, algo
     assert model_shape(spec).carry_formats == ()
