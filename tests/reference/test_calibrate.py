@@ -46,3 +46,24 @@ def test_awq_fold_leaves_the_float_model_unchanged(tiny_checkpoint) -> None:
     assert any(a > 0 for a in alphas)  # some group chose real scales, so the check below is not vacuous
     for mine, ref in zip(after, reference, strict=True):
         np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-4)
+
+
+def test_layer_stats_sum_the_block_grams_of_every_sequence_at_each_tensors_block(tiny_checkpoint) -> None:
+    """The Grams of one layer's inputs, summed over the sequences, are the diagonal blocks of X^T X of all
+    their tokens together, each at the block its tensor asks for (gate_up 64, the others 32)."""
+    from phi3_edge.quantize.clip import block_grams
+
+    checkpoint = resolve_checkpoint(str(tiny_checkpoint("gqa")))
+    spec = load_spec(checkpoint.config_path)
+    inputs: dict[str, list[np.ndarray]] = {}
+    with CheckpointSide(spec, checkpoint.weight_files) as side:
+        states = [side.embed(ids) for ids in SEQUENCES]
+        side.run_layer(0, states, lambda _l, _i, name, x: inputs.setdefault(name, []).append(x))
+        stats = cal.layer_stats(side, 0, states, hessian=False,
+                                gram_block=lambda name: 64 if "gate_up" in name else 32)
+    assert set(stats.grams) == set(cal.linear_names(0))
+    for name, xs in inputs.items():
+        block = 64 if "gate_up" in name else 32
+        expected = block_grams(np.concatenate(xs).astype(np.float64), block)
+        assert stats.grams[name].dtype == np.float64 and stats.grams[name].shape == expected.shape
+        np.testing.assert_allclose(stats.grams[name], expected, rtol=1e-10, atol=1e-8)
