@@ -106,12 +106,15 @@ class AwqScales:
     scales: dict[str, np.ndarray]
     alphas: dict[str, float] = field(default_factory=dict)  # the Linear searched -> chosen alpha
     gains: dict[str, float] = field(default_factory=dict)  # -> output error / unscaled (RTN) error
+    # each clip-searched Linear -> its block-Gram output error / RTN's on the same (folded) weights
+    clip_gains: dict[str, float] = field(default_factory=dict)
 
     def merge(self, other: AwqScales) -> None:
         """Take in another set's vectors, alphas and error ratios (a layer's, as the calibration pass finds it)."""
         self.scales.update(other.scales)
         self.alphas.update(other.alphas)
         self.gains.update(other.gains)
+        self.clip_gains.update(other.clip_gains)
 
     def folds(self) -> dict[str, Fold]:
         """Checkpoint tensor name -> its fold (tensors not named here are read as they are)."""
@@ -135,4 +138,8 @@ class AwqScales:
 
     def to_json(self) -> dict[str, object]:
         """manifest.json's summary: the alphas chosen and the error ratio each reached (vectors omitted)."""
-        return {"alphas": dict(self.alphas), "error_ratio": {k: round(v, 4) for k, v in self.gains.items()}}
+        out: dict[str, object] = {"alphas": dict(self.alphas),
+                                  "error_ratio": {k: round(v, 4) for k, v in self.gains.items()}}
+        if self.clip_gains:
+            out["clip_error_ratio"] = {k: round(v, 4) for k, v in self.clip_gains.items()}
+        return out

@@ -69,6 +69,12 @@ def block_error(blocks: np.ndarray, scales: np.ndarray, q: np.ndarray, bits: int
     return out
 
 
+def output_error(w: np.ndarray, quantized: QuantizedBlocks, grams: np.ndarray) -> float:
+    """Sum over every block of d^T G_b d for an (N, K) tensor and its symmetric blocks (the search's objective)."""
+    blocks = to_blocks(w, grams.shape[1])  # (N, nb, b)
+    return float(block_error(blocks, quantized.scales, quantized.q, quantized.bits, grams).sum(dtype=np.float64))
+
+
 def clip_search(w: np.ndarray, grams: np.ndarray, bits: int, scale_dtype: str = "float32",
                 shrink: np.ndarray = SHRINK) -> QuantizedBlocks:
     """Symmetric blocks of an (N, K) tensor, each scale the best of `shrink` x RTN's for its block Gram.

@@ -28,8 +28,8 @@ import numpy as np
 
 from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.quantize.awq import AwqScales, Quantizer, search_scales
-from phi3_edge.quantize.blockwise import QuantizedBlocks, dequantize
-from phi3_edge.quantize.clip import block_grams, clip_search, scaled_grams
+from phi3_edge.quantize.blockwise import QuantizedBlocks, dequantize, quantize_rtn
+from phi3_edge.quantize.clip import block_grams, clip_search, output_error, scaled_grams
 from phi3_edge.quantize.gptq import hessian_factor, quantize_gptq
 from phi3_edge.reference import layer_graph as lg
 from phi3_edge.reference.checkpoint_side import CheckpointSide, WeightMap
@@ -219,7 +219,10 @@ def _clip_layer(side: CheckpointSide, layer: int, stats: LayerStats, found: AwqS
         if grams.shape[1] != shape[1]:
             raise ValueError(f"{name}: Grams of block {grams.shape[1]} collected, the recipe asks for {shape[1]}")
         s = found.scales.get(name)
-        out[name] = clip_search(w, grams if s is None else scaled_grams(grams, s), shape[0], scale_dtype)
+        judged = grams if s is None else scaled_grams(grams, s)
+        out[name] = clip_search(w, judged, shape[0], scale_dtype)
+        rtn = output_error(w, quantize_rtn(w, shape[0], shape[1], True, scale_dtype), judged)
+        found.clip_gains[name] = output_error(w, out[name], judged) / rtn if rtn else 1.0  # <= 1 by construction
     return out
 
 

@@ -125,6 +125,9 @@ def test_awq_export_holds_the_int4_parity_bound(tiny_checkpoint, tmp_path) -> No
     assert calibration["source"] == "built-in" and calibration["algo"] == "awq" and calibration["tokens"] > 0
     assert len(calibration["awq"]["alphas"]) == 3 * spec.num_layers
     assert all(ratio <= 1.0 for ratio in calibration["awq"]["error_ratio"].values())  # alpha 0 is RTN
+    clip = calibration["awq"]["clip_error_ratio"]  # every Linear clip-searched; f = 1 is RTN
+    assert len(clip) == 4 * spec.num_layers and all(ratio <= 1.0 for ratio in clip.values())
+    assert min(clip.values()) < 1.0, clip
 
 
 def planted_outliers(source: Path, folder: Path, gain: float = 16.0) -> Path:
