@@ -30,8 +30,8 @@ from checkpoints import SHAPES, ensure_checkpoint  # noqa: E402
 POLL_S = 0.05
 GB = 1e9
 BUILDER, EDGE = "genai-builder", "phi3-edge"
-EDGE_TARGETS = {"fp32": "cpu-fp32", "int4": "cpu-int4", "gptq": "cpu-int4"}
-EDGE_ALGOS = {"gptq": "gptq"}  # the --quant-algo of a precision (rtn when not named)
+EDGE_TARGETS = {"fp32": "cpu-fp32", "int4": "cpu-int4", "gptq": "cpu-int4", "awq": "cpu-int4"}
+EDGE_ALGOS = {"gptq": "gptq", "awq": "awq"}  # the --quant-algo of a precision (rtn when not named)
 BUILDER_PRECISIONS = ("fp32", "int4")  # what the builder is measured at
 # The builder's documented CPU int4 defaults, passed explicitly: RTN, block 32, accuracy level 4 (int8 compute).
 BUILDER_INT4 = ["--extra_options", "block_size=32", "accuracy_level=4"]
