@@ -42,8 +42,8 @@ class ExportOptions(TypedDict, total=False):
     force: bool
     require_tokenizer: bool
     progress: bool | None
-    quant_algo: str
-    calibration: str | Path | None  # quant_algo="gptq"/"awq": the user's UTF-8 calibration text (None: built-in)
+    quant_algo: str | None  # None: the target's calibrated default up to its parameter limit, else rtn
+    calibration: str | Path | None  # gptq/awq (or the calibrated default): the user's UTF-8 text (None: built-in)
     mixed_precision: bool
     size_budget: float | None  # mixed_precision's byte budget: a factor of the plain export's weight bytes
     lm_head: str | None
@@ -110,19 +110,28 @@ def run_export(request: ExportRequest, *, on_stage: Callable[[str], None] | None
 
 def _calibrator(request: ExportRequest) -> Calibrate | None:
     """GPTQ's or AWQ's calibration pass (reference/export_calibration.py), its text read and checked now; None for the
-    algorithms that need none, and a one-line error for a --calibration they would ignore."""
+    algorithms that need none, and a one-line error for a --calibration they would ignore.
+
+    Without --quant-algo the pipeline picks the target's calibrated algorithm or rtn once it has counted the
+    checkpoint's parameters (recipe.resolve_algo), so a target with a calibrated default gets the pass ready (it
+    costs nothing until called)."""
     from phi3_edge.quantize.recipe import CALIBRATED_ALGOS
 
+    target = get_target(request.target)
+    algo = request.quant.algo
     # --mixed-precision measures each tensor's int4/int8 error on the calibration text (any body algorithm).
-    if request.quant.algo not in CALIBRATED_ALGOS and not request.quant.mixed_precision:
+    may_calibrate = (algo in CALIBRATED_ALGOS or request.quant.mixed_precision
+                     or (algo is None and target.bits is not None and target.calibrated_algo is not None))
+    if not may_calibrate:
         if request.calibration is not None:
+            chosen = f"{target.name}'s default rtn" if algo is None else algo
             raise Phi3EdgeError(f"--calibration applies to --quant-algo {' or '.join(CALIBRATED_ALGOS)} and to "
-                                f"--mixed-precision, not {request.quant.algo}", request.calibration)
+                                f"--mixed-precision, not {chosen}", request.calibration)
         return None
     from phi3_edge.exporter.build import WEIGHT_DTYPES
     from phi3_edge.reference.export_calibration import calibrator
 
-    target = get_target(request.target)  # AWQ's clip search picks scales as the export stores them
+    # AWQ's clip search picks scales as the export stores them
     return calibrator(request.calibration, request.progress, WEIGHT_DTYPES.get(target.weight_format, target.io_dtype))
 
 
@@ -347,6 +356,18 @@ def model_cache_root() -> Path:
     return model_cache.cache_root()
 
 
+def default_algo_rule() -> str:
+    """The --quant-algo default in words, from the target table (e.g. "awq on cpu-int4, mobile-int4 for a model
+    of at most 1B parameters, else rtn")."""
+    rules: dict[tuple[str, int], list[str]] = {}
+    for t in TARGETS.values():
+        if t.bits is not None and t.calibrated_algo is not None:
+            rules.setdefault((t.calibrated_algo, t.calibrate_up_to_params), []).append(t.name)
+    parts = [f"{algo} on {', '.join(names)} for a model of at most {limit / 1e9:.3g}B parameters"
+             for (algo, limit), names in rules.items()]
+    return "; ".join(parts + ["else rtn"]) if parts else "rtn"
+
+
 def export_warnings(request: ExportRequest) -> list[str]:
     """The options this export would ignore, one line each (the CLI prints them as warnings)."""
     from phi3_edge.quantize.recipe import DEFAULT_BITS
@@ -396,7 +417,7 @@ def target_rows() -> list[dict[str, Any]]:
 
 __all__ = ["BenchRequest", "DEFAULT_TARGET", "ExportOptions", "ExportRequest", "ExportResult", "LOOKUP_DRAFT_TOKENS",
            "QuantOptions", "REFERENCE_TARGET", "bench", "build", "build_matrix", "cached_models", "conversation",
-           "evaluate", "export", "export_request", "export_targets", "export_warnings", "get_target", "inspect",
-           "load", "model_cache_root", "problem_status", "provider_status", "publish", "recipe_output",
-           "remove_cached", "resolve_model", "run_export", "ship_lists", "short_names_table", "target_names",
-           "target_rows", "targets", "verify"]
+           "default_algo_rule", "evaluate", "export", "export_request", "export_targets", "export_warnings",
+           "get_target", "inspect", "load", "model_cache_root", "problem_status", "provider_status", "publish",
+           "recipe_output", "remove_cached", "resolve_model", "run_export", "ship_lists", "short_names_table",
+           "target_names", "target_rows", "targets", "verify"]

@@ -109,13 +109,16 @@ class _ExportCommand(click.Command):
 @click.option("--output", "-o", type=click.Path(), required=True, help="Artifact folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
 @click.option("--no-tokenizer", is_flag=True, help="Export even when the checkpoint has no tokenizer.json.")
-@click.option("--quant-algo", type=click.Choice(["rtn", "hqq", "gptq", "awq"]), default="rtn", show_default=True,
-              help="int4/int8 rounding: rtn (round to nearest), hqq (error-minimizing zero points, 4-bit), "
-                   "gptq (calibrated on text, error fed back through each Linear's Hessian; symmetric) or "
-                   "awq (calibrated per-channel scales folded into the weights, then rtn; symmetric).")
+@click.option("--quant-algo", type=click.Choice(["rtn", "hqq", "gptq", "awq"]), default=None,
+              help="int4/int8 rounding: rtn (round to nearest: the fast path), hqq (error-minimizing zero points, "
+                   "4-bit), gptq (calibrated on text, error fed back through each Linear's Hessian; symmetric) or "
+                   "awq (calibrated on text: per-channel scale search folded into the weights, then a per-block "
+                   "clip search; ready-made blocks, symmetric). Default: " + api.default_algo_rule() + " (the export "
+                   "prints its choice and why).")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="--quant-algo gptq/awq: calibrate on this UTF-8 text (default: the built-in prose/code/chat "
-                   "set).")
+              help="gptq/awq (and the awq default): calibrate on this UTF-8 text (default: the built-in "
+                   "prose/code/chat set). Without --quant-algo it asks for the target's calibrated default at "
+                   "any model size.")
 @click.option("--mixed-precision", is_flag=True,
               help="int4 targets: int8 for the tensors (body Linears, tied table) whose int4 error, measured on "
                    "the calibration text, costs most per byte, within --size-budget.")

@@ -1,10 +1,11 @@
 """One export, start to finish: request -> checked options -> staged folder -> graph, companions, gate, manifest.
 
-    ExportRequest ─► decide_recipe ─► [gptq/awq: calibrate] ─► staged_artifact(output) ─┬─► export_graph (+ blocks)
-                                                                                    ├─► tokenizer, genai_config
-                                                                                    ├─► accuracy gate
-                                                                                    ├─► Optimum layout
-                                                                                    └─► manifest.json ─► rename
+    ExportRequest ─► resolve_algo (the parameter count) ─► decide_recipe ─► [gptq/awq: calibrate]
+        ─► staged_artifact(output) ─┬─► export_graph (+ blocks)
+                                    ├─► tokenizer, genai_config
+                                    ├─► accuracy gate
+                                    ├─► Optimum layout
+                                    └─► manifest.json ─► rename
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,24 @@ from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.exporter.app_files import check_mobile_files, keep_only
 from phi3_edge.exporter.artifact import StageCallback, staged_artifact
 from phi3_edge.exporter.build import GraphStats, export_graph, model_shape
-from phi3_edge.exporter.checkpoint import Checkpoint, resolve_checkpoint
+from phi3_edge.exporter.checkpoint import Checkpoint, is_gguf, resolve_checkpoint
 from phi3_edge.exporter.config import Phi3Spec, load_spec
 from phi3_edge.exporter.genai_config import copy_tokenizer_files, write_genai_config
 from phi3_edge.exporter.optimum_layout import OPTIMUM_LAYOUT, write_optimum_layout
 from phi3_edge.exporter.progress import export_progress
 from phi3_edge.exporter.request import ExportRequest, ExportResult
+from phi3_edge.exporter.weights import read_header
 from phi3_edge.graph_features import read_graph_features
 from phi3_edge.manifest import build_manifest, source_record, write_manifest
 from phi3_edge.quantize.calibration import Calibration, uncalibrated
-from phi3_edge.quantize.recipe import CALIBRATED_ALGOS, QuantRecipe, check_options, decide_recipe
+from phi3_edge.quantize.recipe import (
+    CALIBRATED_ALGOS,
+    QuantOptions,
+    QuantRecipe,
+    check_options,
+    decide_recipe,
+    resolve_algo,
+)
 from phi3_edge.runtime_compat import MANIFEST_KEY as MIN_RUNTIME_KEY
 from phi3_edge.runtime_compat import UnknownFeature, min_runtime
 from phi3_edge.targets.table import REFERENCE_TARGET, Target
@@ -61,9 +70,11 @@ def export_artifact(request: ExportRequest, target: Target, measure: MeasureFide
     output = request.output
     checkpoint = resolve_checkpoint(request.model, require_tokenizer=request.require_tokenizer)
     spec = load_spec(checkpoint.config_path)
-    recipe = decide_recipe(target, request.quant, model_shape(spec, checkpoint.weight_files))
+    quant = _resolved_options(request, target, checkpoint)
+    recipe = decide_recipe(target, quant, model_shape(spec, checkpoint.weight_files))
     gate = _accuracy_gate(checkpoint, recipe.quantized, request, measure)
-    calibration = _calibrate(spec, checkpoint, recipe, calibrate)  # before anything is staged
+    default_of = target.name if request.quant.algo is None else None  # the algorithm was the target's choice
+    calibration = _calibrate(spec, checkpoint, recipe, calibrate, default_of)  # before anything is staged
     recipe = calibration.recipe  # as applied: a calibration pass may change it
     total_bytes = sum(path.stat().st_size for path in checkpoint.weight_files)
     # The checkpoint folder is protected: `--model X -o X --force` must never delete the user's weights.
@@ -84,14 +95,41 @@ def export_artifact(request: ExportRequest, target: Target, measure: MeasureFide
                         measured, stats.ort_format)
 
 
-def _calibrate(spec: Phi3Spec, checkpoint: Checkpoint, recipe: QuantRecipe,
-               calibrate: Calibrate | None) -> Calibration:
-    """The calibration pass a GPTQ or AWQ body needs (the recipe alone for the other algorithms)."""
+def _resolved_options(request: ExportRequest, target: Target, checkpoint: Checkpoint) -> QuantOptions:
+    """request.quant with its algorithm resolved (resolve_algo: --quant-algo, else the target's default for
+    this model's parameter count), announced in one line on stderr for a quantized body."""
+    choice = resolve_algo(target, request.quant, parameter_count(checkpoint.weight_files),
+                          calibration=request.calibration is not None)
+    if target.bits is not None and request.progress is not False:
+        print(choice.describe(), file=sys.stderr, flush=True)
+    return replace(request.quant, algo=choice.algo)
+
+
+def parameter_count(weight_files: tuple[Path, ...]) -> int:
+    """The checkpoint's parameters, from its tensor shapes (safetensors headers, GGUF tensor infos): no
+    weight is read. A tied table counts once, as it is stored."""
+    total = 0
+    for path in weight_files:
+        if is_gguf(path):
+            from phi3_edge.exporter.gguf.reader import open_gguf  # the gguf package only for a GGUF source
+
+            shapes = [tensor.shape for tensor in open_gguf(path).tensors.values()]
+        else:
+            shapes = [info.shape for info in read_header(path)]
+        total += sum(math.prod(shape) for shape in shapes)
+    return total
+
+
+def _calibrate(spec: Phi3Spec, checkpoint: Checkpoint, recipe: QuantRecipe, calibrate: Calibrate | None,
+               default_of: str | None = None) -> Calibration:
+    """The calibration pass a GPTQ or AWQ body needs (the recipe alone for the other algorithms). default_of:
+    the target whose default chose the body's algorithm (None: --quant-algo did), for the error's wording."""
     if recipe.body is None or (recipe.body.algo not in CALIBRATED_ALGOS and recipe.size_budget is None):
         return uncalibrated(recipe)  # neither a calibrated body nor measured mixed precision
     if calibrate is None:
-        asked = (f"--quant-algo {recipe.body.algo}" if recipe.body.algo in CALIBRATED_ALGOS
-                 else "--mixed-precision")  # the measured choice of int8 tensors is a calibration pass too
+        algo = recipe.body.algo
+        asked = ("--mixed-precision" if algo not in CALIBRATED_ALGOS  # the int8 choice is a calibration pass too
+                 else f"--quant-algo {algo}" if default_of is None else f"{default_of}'s default algorithm {algo}")
         raise Phi3EdgeError(f"{asked} needs a calibration pass; export through phi3_edge.api")
     return calibrate(spec, checkpoint, recipe)
 

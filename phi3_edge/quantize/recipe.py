@@ -96,7 +96,10 @@ def check_linear_recipe(recipe: LinearRecipe) -> None:
 class QuantOptions:
     """What a user can ask for beyond the target (the CLI's --quant-algo, --mixed-precision, ...)."""
 
-    algo: str = "rtn"
+    # None: the target's calibrated_algo for a model of at most its calibrate_up_to_params parameters, else
+    # "rtn" (resolve_algo, which the export pipeline calls once it can count the checkpoint's parameters);
+    # decide_recipe reads an unresolved None as "rtn". A name (--quant-algo) always wins.
+    algo: str | None = None
     mixed_precision: bool = False  # int8 for the tensors whose measured int4 error costs most per byte
     size_budget: float | None = None  # mixed precision's byte budget: a factor of the plain export's weight bytes
     lm_head: str | None = None  # None: the target's lm_head_bits, else as the body | "float" | "int8" | "int4"
@@ -160,6 +163,47 @@ class QuantRecipe:
                 "size_budget": self.size_budget}
 
 
+@dataclass(frozen=True)
+class AlgoChoice:
+    """The body algorithm an export runs, and why (the one line the export prints)."""
+
+    algo: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"quantization: {self.algo} ({self.reason})"
+
+
+def resolve_algo(target: Target, options: QuantOptions, params: int, *, calibration: bool = False) -> AlgoChoice:
+    """options.algo when given; else the target's calibrated algorithm for a model of at most
+    target.calibrate_up_to_params parameters, or "rtn" (the calibration pass's cost grows with the parameters:
+    targets/table.py). `calibration`: a --calibration text was given, which only a calibrated body (or mixed
+    precision) reads, so without --mixed-precision it asks for the target's calibrated algorithm at any size."""
+    if options.algo is not None:
+        return AlgoChoice(options.algo, f"--quant-algo {options.algo}")
+    size = f"{_params(params)} parameters"
+    default = target.calibrated_algo
+    if default is None:
+        return AlgoChoice("rtn", f"{target.name}'s default; it has no calibrated default")
+    if calibration and not options.mixed_precision:
+        return AlgoChoice(default, f"{target.name}'s calibrated default, asked for by --calibration ({size}); "
+                                   "--quant-algo rtn is the fast path")
+    limit = _params(target.calibrate_up_to_params)
+    if params <= target.calibrate_up_to_params:
+        return AlgoChoice(default, f"{target.name}'s default up to {limit} parameters, this model has {size}; "
+                                   "--quant-algo rtn is the fast path")
+    return AlgoChoice("rtn", f"{target.name}'s default above {limit} parameters, this model has {size}; "
+                             f"--quant-algo {default} calibrates, at a cost that grows with the parameters")
+
+
+def _params(count: int) -> str:
+    """A parameter count as people write it: 140K, 135M, 3.8B."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return str(count)
+
+
 def check_options(target: Target, options: QuantOptions) -> None:
     """Everything decide_recipe would reject without knowing the model: call it before fetching a checkpoint."""
     _body(target, options)
@@ -212,8 +256,9 @@ def _block_overrides(target: Target, model: ModelShape,
 
 
 def _body(target: Target, options: QuantOptions) -> LinearRecipe | None:
-    if options.algo not in OPTION_ALGOS:
-        raise RecipeError(f"unknown quantization algorithm {options.algo!r}; valid: {', '.join(OPTION_ALGOS)}")
+    algo = "rtn" if options.algo is None else options.algo  # unresolved (no parameter count): the uncalibrated default
+    if algo not in OPTION_ALGOS:
+        raise RecipeError(f"unknown quantization algorithm {algo!r}; valid: {', '.join(OPTION_ALGOS)}")
     if target.bits is None:
         return None
     if target.block_size is None:
@@ -221,8 +266,8 @@ def _body(target: Target, options: QuantOptions) -> LinearRecipe | None:
     # HQQ tunes zero points, so it writes them even for a target whose RTN recipe is symmetric; GPTQ is always
     # symmetric (its error feedback absorbs the lost zero point; no extra bytes, the fast kernel path), and so is
     # AWQ (its scales protect the channels a zero point would; measured best so in bench/quant_real.py).
-    symmetric = options.algo in CALIBRATED_ALGOS or (target.symmetric and options.algo == "rtn")
-    return LinearRecipe(target.bits, target.block_size, target.accuracy_level or 0, symmetric, options.algo)
+    symmetric = algo in CALIBRATED_ALGOS or (target.symmetric and algo == "rtn")
+    return LinearRecipe(target.bits, target.block_size, target.accuracy_level or 0, symmetric, algo)
 
 
 def _size_budget(options: QuantOptions, body: LinearRecipe | None) -> float | None:

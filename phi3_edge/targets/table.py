@@ -41,6 +41,11 @@ class Target:
     lm_head_bits: int | None = None
     block_overrides: tuple[tuple[str, int], ...] = ()
     quantize_embeddings: bool = False
+    # The quantization algorithm an export runs when --quant-algo is not given, for a checkpoint of at most
+    # calibrate_up_to_params parameters (counted from its tensor shapes); larger ones, and a target with None
+    # here, get "rtn". The calibrated pass costs time in proportion to the parameters (figures above TARGETS).
+    calibrated_algo: str | None = None
+    calibrate_up_to_params: int = 0
 
 
 # The target every other one is measured against (parity, the accuracy gate, `eval --ref`).
@@ -80,7 +85,7 @@ _DML: _Flags = {"fused_rotary": False, "packed_qkv": False, "allow_if_node": Fal
 #                                                    at 91.7 / 105.5 / 144.8 MB
 #   (Q4_K_M here is mostly q5_0/q5_1 + q8_0 table: 576 columns do not divide into K-quant super-blocks.)
 # The symmetric int4 grid (no zero points, the fast kernel path) stays the cpu-int4 format; once the export
-# runs the calibration pass (reference/calibrate.py; api wiring pending), AWQ + an int8 tied table is the
+# runs the calibration pass (reference/export_calibration.py; the default below), AWQ + an int8 tied table is the
 # measured best at 98.2 MB (< Q4_K_M's bytes), and the int8 table is the largest single gain per byte.
 # cpu-int4 / mobile-int4 per-tensor defaults, measured (bench/block_tradeoff.py; KL on smollm2:135m through the
 # layer-streamed reference, speed as MatMulNBits ratios at Phi-3-mini shapes, 2 threads, spinning off):
@@ -96,6 +101,17 @@ _DML: _Flags = {"fused_rotary": False, "packed_qkv": False, "allow_if_node": Fal
 #   accuracy_level 4 kept              level 0 measured 1.3-3.9x slower in every shape
 _GATE_UP_64 = (("mlp.gate_up_proj", 64),)
 
+# The default calibrated algorithm (calibrated_algo, issue 16): AWQ (scale search + per-block clip search on
+# block Grams, over the built-in calibration text) on SmolLM2-135M real weights, cpu-int4 as shipped:
+#   manifest fidelity   KL 0.108, top-1 87 %      vs RTN's KL ~0.29, top-1 72 %     (same bytes)
+#   ppl gap to fp32     +8.2 % / +9.9 %           vs RTN's +24.6 % / +28.2 %
+#   export wall         45 s                      vs RTN's ~20 s (2 cores)
+# Its cost scales with the parameters: one Phi-3-mini-shaped layer (113 M params) takes 135 s vs 4 s for RTN
+# (bench/export_memory.py --shape mini --layers 1 --precision int4 awq), so a 3.8B export would take about an
+# hour on 2 cores. Up to 1B parameters (~20 min at that rate, a few minutes for the small models this targets)
+# the calibration is the default; above it an export stays RTN unless --quant-algo awq asks for the hour.
+_CALIBRATE_UP_TO = 1_000_000_000
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -109,7 +125,8 @@ TARGETS: dict[str, Target] = {
         # the int8 head / table and gate_up b64 defaults (0.852 before them); 0.80 fails zero/shuffled logits (~0)
         Target("cpu-int4", "cpu", "int4", "float32", 9.0,  # measured 4.72 (rtn; hqq 3.78; 4.88 before the defaults)
                "the default edge target", bits=4, block_size=32, accuracy_level=4, logits_min_corr=0.80, **_CPU,
-               lm_head_bits=8, block_overrides=_GATE_UP_64, quantize_embeddings=True),
+               lm_head_bits=8, block_overrides=_GATE_UP_64, quantize_embeddings=True,
+               calibrated_algo="awq", calibrate_up_to_params=_CALIBRATE_UP_TO),
         Target("cuda-fp16", "cuda", "fp16", "float16", 0.08,  # measured 0.037
                "fp16 weights and activations"),
         Target("cuda-int4", "cuda", "int4", "float16", 9.0,  # measured 4.95; corr >= 0.849 measured
@@ -123,7 +140,8 @@ TARGETS: dict[str, Target] = {
         Target("mobile-int4", "cpu", "int4", "float32", 9.0,  # measured 4.72; corr >= 0.909 measured (as cpu-int4)
                "ARM/x86 phones and IoT boards; + ORT format and a reduced-ops config",
                bits=4, block_size=32, accuracy_level=4, ort_format=True, logits_min_corr=0.80, **_CPU,
-               lm_head_bits=8, block_overrides=_GATE_UP_64, quantize_embeddings=True),
+               lm_head_bits=8, block_overrides=_GATE_UP_64, quantize_embeddings=True,
+               calibrated_algo="awq", calibrate_up_to_params=_CALIBRATE_UP_TO),
     )
 }
 

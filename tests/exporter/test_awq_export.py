@@ -109,7 +109,7 @@ def test_awq_export_holds_the_int4_parity_bound(tiny_checkpoint, tmp_path) -> No
     folder = tiny_checkpoint("gqa")
     spec = load_spec(folder / "config.json")
     api.export(str(folder), "cpu-int4", tmp_path / "awq", quant_algo="awq", progress=False, fidelity=False)
-    api.export(str(folder), "cpu-int4", tmp_path / "rtn", progress=False, fidelity=False)
+    api.export(str(folder), "cpu-int4", tmp_path / "rtn", quant_algo="rtn", progress=False, fidelity=False)
     reference = hf_full_logits(folder, PROMPT)  # (S, V) transformers, fp32
     awq = prompt_logits(tmp_path / "awq", spec)
     target = TARGETS["cpu-int4"]

@@ -58,7 +58,8 @@ def test_gptq_export_holds_the_calibrated_codes(tiny_checkpoint, tmp_path) -> No
 
 
 @pytest.mark.parametrize("options, asked", [({"quant_algo": "gptq"}, "--quant-algo gptq"),
-                                            ({"mixed_precision": True}, "--mixed-precision")])
+                                            ({"mixed_precision": True, "quant_algo": "rtn"}, "--mixed-precision"),
+                                            ({}, "cpu-int4's default algorithm awq")])
 def test_pipeline_without_a_calibrator_names_what_needs_one(tiny_checkpoint, tmp_path, options: dict[str, object],
                                                           asked: str) -> None:
     """export_artifact called directly (not through api) has no calibration pass to run: one line naming the
