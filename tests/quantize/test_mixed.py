@@ -38,9 +38,12 @@ def data_bytes(folder: Path) -> int:
 def test_measured_export_stays_in_budget_records_its_choice_and_keeps_parity(tiny_checkpoint, tmp_path: Path) -> None:
     checkpoint = tiny_checkpoint("partial_tied_wide")
     export(str(checkpoint), target="cpu-fp32", output=tmp_path / "fp32", progress=False)
-    export(str(checkpoint), target="cpu-int4", output=tmp_path / "int4", progress=False, fidelity=False)
+    # Mixed precision over an RTN body (over cpu-int4's AWQ default for these small models:
+    # tests/exporter/test_awq_clip_export.py): the plain bytes and blocks it is measured against are RTN's.
+    export(str(checkpoint), target="cpu-int4", output=tmp_path / "int4", progress=False, fidelity=False,
+           quant_algo="rtn")
     export(str(checkpoint), target="cpu-int4", output=tmp_path / "mixed", progress=False, fidelity=False,
-           mixed_precision=True, size_budget=1.15)
+           mixed_precision=True, size_budget=1.15, quant_algo="rtn")
     manifest = json.loads((tmp_path / "mixed" / "manifest.json").read_text())["recipe"]
     applied, measured = manifest["quantization"], manifest["calibration"]["mixed_precision"]
     chosen = [c["tensor"] for c in measured["chosen"]]

@@ -15,6 +15,7 @@ from phi3_edge.quantize.recipe import (
     QuantOptions,
     RecipeError,
     decide_recipe,
+    resolve_algo,
     wide_recipe,
     widen,
 )
@@ -162,3 +163,54 @@ def test_cpu_int4_measured_defaults() -> None:
     assert odd.overrides == ()
     hqq = decide_recipe(INT4_TARGET, QuantOptions(algo="hqq"), UNTIED)
     assert hqq.lm_head == LinearRecipe(8, 32, 4, True, "rtn")  # an int8 head is RTN (HQQ is 2/4-bit here)
+
+
+# -- the default algorithm (QuantOptions.algo None): resolve_algo -------------------------------------------------
+
+LIMIT = INT4_TARGET.calibrate_up_to_params
+
+
+def test_default_algo_is_the_targets_calibrated_one_up_to_its_parameter_limit() -> None:
+    for name in ("cpu-int4", "mobile-int4"):
+        target = TARGETS[name]
+        assert target.calibrated_algo == "awq"
+        small = resolve_algo(target, QuantOptions(), 134_515_008)  # SmolLM2-135M's stored parameters
+        assert small.algo == "awq" and "135M parameters" in small.reason and "--quant-algo rtn" in small.reason
+        assert resolve_algo(target, QuantOptions(), target.calibrate_up_to_params).algo == "awq"  # at most
+        big = resolve_algo(target, QuantOptions(), target.calibrate_up_to_params + 1)
+        assert big.algo == "rtn" and "above 1B parameters" in big.reason and "--quant-algo awq" in big.reason
+        assert resolve_algo(target, QuantOptions(), 3_821_079_552).reason.endswith("grows with the parameters")
+
+
+def test_an_explicit_algo_always_wins() -> None:
+    for algo in ("rtn", "hqq", "gptq", "awq"):
+        for params in (1_000, LIMIT * 10):
+            choice = resolve_algo(INT4_TARGET, QuantOptions(algo=algo), params, calibration=True)
+            assert (choice.algo, choice.reason) == (algo, f"--quant-algo {algo}")
+    line = resolve_algo(INT4_TARGET, QuantOptions(algo="rtn"), 1_000).describe()
+    assert line == "quantization: rtn (--quant-algo rtn)"
+
+
+def test_targets_without_a_calibrated_default_get_rtn_at_any_size() -> None:
+    for name, target in TARGETS.items():
+        if target.calibrated_algo is not None:
+            continue
+        assert name not in ("cpu-int4", "mobile-int4")
+        for params in (1_000, LIMIT * 10):
+            choice = resolve_algo(target, QuantOptions(), params, calibration=True)
+            assert choice.algo == "rtn" and "no calibrated default" in choice.reason, name
+
+
+def test_a_calibration_text_asks_for_the_calibrated_default_at_any_size() -> None:
+    """--calibration without --quant-algo is read only by a calibrated body; with --mixed-precision (which reads it
+    too) the size rule stands."""
+    choice = resolve_algo(INT4_TARGET, QuantOptions(), LIMIT * 4, calibration=True)
+    assert choice.algo == "awq" and "--calibration" in choice.reason
+    assert resolve_algo(INT4_TARGET, QuantOptions(mixed_precision=True), LIMIT * 4, calibration=True).algo == "rtn"
+
+
+def test_an_unresolved_default_decides_as_rtn() -> None:
+    """Callers that never count parameters (export_graph's own default recipe) get the uncalibrated rtn."""
+    assert QuantOptions().algo is None
+    assert decide_recipe(INT4_TARGET, QuantOptions(), UNTIED) == decide_recipe(INT4_TARGET, QuantOptions(algo="rtn"),
+                                                                               UNTIED)

@@ -145,8 +145,10 @@ def test_bad_calibration_file_is_one_line_and_writes_nothing(tiny_checkpoint, tm
 def test_calibration_without_gptq_is_refused(tiny_checkpoint, tmp_path) -> None:
     text_file = tmp_path / "calibration.txt"
     text_file.write_text(TEXT, encoding="utf-8")
+    # an explicit rtn (without --quant-algo, cpu-int4's calibrated default reads the file: test_default_algo.py)
     with pytest.raises(Phi3EdgeError, match="--calibration applies to --quant-algo gptq"):
-        api.export(str(tiny_checkpoint("gqa")), "cpu-int4", tmp_path / "out", calibration=text_file, progress=False)
+        api.export(str(tiny_checkpoint("gqa")), "cpu-int4", tmp_path / "out", quant_algo="rtn", calibration=text_file,
+                   progress=False)
     assert not (tmp_path / "out").exists()
 
 
