@@ -51,7 +51,7 @@ ExportFunction = Callable[..., Any]  # api.export's signature: (model, target, o
 class ExportRecipe:
     """The export options that shape a cached artifact (a different recipe is a different cache entry)."""
 
-    quant_algo: str = "rtn"
+    quant_algo: str | None = None  # None: the export's default (the target's calibrated algorithm up to its size)
     mixed_precision: bool = False
     lm_head: str | None = None
     embeddings: str | None = None

@@ -50,7 +50,7 @@ class RecipeFileError(Phi3EdgeError):
 class ExportOptions:
     """The per-target export options a recipe may set (api.export's keywords of the same names)."""
 
-    quant_algo: str = "rtn"
+    quant_algo: str | None = None  # None: the export's default (the target's calibrated algorithm up to its size)
     calibration: Path | None = None  # gptq/awq: the calibration text, resolved (None: the built-in text)
     lm_head: str | None = None
     embeddings: str | None = None
@@ -240,7 +240,9 @@ def _options(entry: dict[str, Any], base: ExportOptions, check: _Checker, where:
     mixed = check.boolean(entry.get("mixed_precision", base.mixed_precision), f"{where}.mixed_precision")
     return ExportOptions(
         quant_algo=quant_algo,
-        calibration=_calibration(entry, base, quant_algo in CALIBRATED_ALGOS or mixed, check, where),
+        # None (the export's default) may be a calibrated algorithm: the export itself refuses a calibration it ignores
+        calibration=_calibration(entry, base, quant_algo is None or quant_algo in CALIBRATED_ALGOS or mixed, check,
+                                 where),
         lm_head=optional_choice("lm_head", LM_HEAD_CHOICES, base.lm_head),
         embeddings=optional_choice("embeddings", EMBEDDING_CHOICES, base.embeddings),
         mixed_precision=mixed,

@@ -65,7 +65,8 @@ def test_multiple_models_and_publish_template(tmp_path: Path) -> None:
     ("[model]\nsource = 'demo'\n[[targets]]\nname = 'a'\ntarget = 'tpu-int4'\n", "targets[0].target: 'tpu-int4'"),
     ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\n[[targets]]\nname = 'cpu-int4'\n",
      "targets[1].name: target name 'cpu-int4' is already used by targets[0]"),
-    ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\ncalibration = 'text.txt'\n",
+    # An explicit rtn ignores a calibration text (without quant_algo the export's calibrated default reads it)
+    ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\nquant_algo = 'rtn'\ncalibration = 'text.txt'\n",
      "targets[0].calibration: applies to quant_algo 'gptq' or 'awq' and to mixed_precision = true"),
     ("[model]\nsource = 'demo'\n[[targets]]\nname = 'cpu-int4'\nquant_algo = 'gptq'\ncalibration = 'gone.txt'\n",
      "targets[0].calibration: 'gone.txt': no such file"),
@@ -122,11 +123,11 @@ def test_calibrated_algorithms_and_a_calibration_file_relative_to_the_recipe(tmp
         "[model]\nsource = 'demo'\n[defaults]\ncalibration = 'texts/code.txt'\n"
         "[[targets]]\nname = 'gptq'\ntarget = 'cpu-int4'\nquant_algo = 'gptq'\n"  # inherits [defaults]' text
         f"[[targets]]\nname = 'awq'\ntarget = 'cpu-int4'\nquant_algo = 'awq'\ncalibration = '{absolute}'\n"
-        "[[targets]]\nname = 'cpu-int4'\n"  # rtn: needs no text, so it does not inherit one
+        "[[targets]]\nname = 'cpu-int4'\nquant_algo = 'rtn'\n"  # rtn: needs no text, so it does not inherit one
         "[[targets]]\nname = 'mixed'\ntarget = 'cpu-int4'\nmixed_precision = true\n",  # measured: it does
         tmp_path / "build.toml")
     gptq, awq, rtn, mixed = (t.options for t in recipe.targets)
-    assert (mixed.quant_algo, mixed.calibration) == ("rtn", text)
+    assert (mixed.quant_algo, mixed.calibration) == (None, text)  # no quant_algo: the export's default
     assert (gptq.quant_algo, gptq.calibration) == ("gptq", text)
     assert (awq.quant_algo, awq.calibration) == ("awq", absolute)
     assert (rtn.quant_algo, rtn.calibration) == ("rtn", None)
