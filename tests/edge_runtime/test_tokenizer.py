@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -86,7 +86,11 @@ def test_ascii_is_emitted_one_token_at_a_time(tokenizer: EdgeTokenizer) -> None:
 def test_stream_joins_to_the_full_decode(tokenizer: EdgeTokenizer, text: str) -> None:
     ids = tokenizer.encode(text)
     pieces = _stream(tokenizer, ids)
-    assert "".join(pieces) == tokenizer.decode(ids) == text
+    assert "".join(pieces) == tokenizer.decode(ids)
+    # A control token's text in the input (hypothesis found '<|end|>' on a fresh machine) encodes to that control
+    # token, which decode() and the stream both skip: the round trip to `text` holds only without them.
+    assume(not any(special in text for special in SPECIALS))
+    assert tokenizer.decode(ids) == text
     if REPLACEMENT not in text:  # a U+FFFD the text really contains must come out too (hypothesis found '\ufffd')
         assert all(REPLACEMENT not in piece for piece in pieces)
 
