@@ -102,6 +102,8 @@ def _resolved_options(request: ExportRequest, target: Target, checkpoint: Checkp
                           calibration=request.calibration is not None)
     if target.bits is not None and request.progress is not False:
         print(choice.describe(), file=sys.stderr, flush=True)
+    if choice.size_budget is not None:
+        return replace(request.quant, algo=choice.algo, mixed_precision=True, size_budget=choice.size_budget)
     return replace(request.quant, algo=choice.algo)
 
 

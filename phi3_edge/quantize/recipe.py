@@ -169,9 +169,11 @@ class AlgoChoice:
 
     algo: str
     reason: str
+    size_budget: float | None = None  # the target's default mixed-precision budget that comes with the algorithm
 
     def describe(self) -> str:
-        return f"quantization: {self.algo} ({self.reason})"
+        wider = "" if self.size_budget is None else f" + measured int8 within x{self.size_budget:g} of the bytes"
+        return f"quantization: {self.algo}{wider} ({self.reason})"
 
 
 def resolve_algo(target: Target, options: QuantOptions, params: int, *, calibration: bool = False) -> AlgoChoice:
@@ -185,13 +187,16 @@ def resolve_algo(target: Target, options: QuantOptions, params: int, *, calibrat
     default = target.calibrated_algo
     if default is None:
         return AlgoChoice("rtn", f"{target.name}'s default; it has no calibrated default")
+    # The user's own --mixed-precision keeps its budget; otherwise the default brings the target's.
+    budget = None if options.mixed_precision else target.calibrated_size_budget
     if calibration and not options.mixed_precision:
         return AlgoChoice(default, f"{target.name}'s calibrated default, asked for by --calibration ({size}); "
-                                   "--quant-algo rtn is the fast path")
+                                   "--quant-algo rtn is the fast path", budget)
     limit = _params(target.calibrate_up_to_params)
     if params <= target.calibrate_up_to_params:
+        skip = "" if budget is None else f", --quant-algo {default} skips the int8 widening"
         return AlgoChoice(default, f"{target.name}'s default up to {limit} parameters, this model has {size}; "
-                                   "--quant-algo rtn is the fast path")
+                                   f"--quant-algo rtn is the fast path{skip}", budget)
     return AlgoChoice("rtn", f"{target.name}'s default above {limit} parameters, this model has {size}; "
                              f"--quant-algo {default} calibrates, at a cost that grows with the parameters")
 

@@ -46,6 +46,9 @@ class Target:
     # here, get "rtn". The calibrated pass costs time in proportion to the parameters (figures above TARGETS).
     calibrated_algo: str | None = None
     calibrate_up_to_params: int = 0
+    # With the calibrated default (and no --mixed-precision of the user's): measured mixed precision within this
+    # factor of the plain export's weight bytes, from the same calibration pass (figures above TARGETS).
+    calibrated_size_budget: float | None = None
 
 
 # The target every other one is measured against (parity, the accuracy gate, `eval --ref`).
@@ -111,6 +114,14 @@ _GATE_UP_64 = (("mlp.gate_up_proj", 64),)
 # hour on 2 cores. Up to 1B parameters (~20 min at that rate, a few minutes for the small models this targets)
 # the calibration is the default; above it an export stays RTN unless --quant-algo awq asks for the hour.
 _CALIBRATE_UP_TO = 1_000_000_000
+# The calibrated default also widens the measured most-sensitive tensors to int8 within 1.08 x the plain bytes
+# (bench/artifact_ppl.py, SmolLM2-135M exported and run by onnxruntime, ppl gap prose / Python to cpu-fp32):
+#   awq                           +8.2 % / +9.7 %   KL 0.108   97.4 MB   export 39 s
+#   awq + measured int8 x1.08     +5.8 % / +7.0 %   KL 0.080  104.8 MB   export 81 s
+#   awq + measured int8 x1.253    +3.5 % / +2.9 %   KL 0.047  121.2 MB
+#   llama.cpp Q4_K_M              +7.1 % / +7.1 %             105.5 MB   (the goal: its gap at no more bytes)
+# so the default meets Q4_K_M's gap within its bytes; the sensitivity pass roughly doubles the export time.
+_CALIBRATED_BUDGET = 1.08
 
 TARGETS: dict[str, Target] = {
     t.name: t
@@ -128,7 +139,8 @@ TARGETS: dict[str, Target] = {
                # the per-tensor defaults)
                "the default edge target", bits=4, block_size=32, accuracy_level=4, logits_min_corr=0.80, **_CPU,
                lm_head_bits=8, block_overrides=_GATE_UP_64, quantize_embeddings=True,
-               calibrated_algo="awq", calibrate_up_to_params=_CALIBRATE_UP_TO),
+               calibrated_algo="awq", calibrate_up_to_params=_CALIBRATE_UP_TO,
+               calibrated_size_budget=_CALIBRATED_BUDGET),
         Target("cuda-fp16", "cuda", "fp16", "float16", 0.08,  # measured 0.037
                "fp16 weights and activations"),
         Target("cuda-int4", "cuda", "int4", "float16", 9.0,  # measured 4.95; corr >= 0.849 measured
@@ -144,7 +156,8 @@ TARGETS: dict[str, Target] = {
                "ARM/x86 phones and IoT boards; + ORT format and a reduced-ops config",
                bits=4, block_size=32, accuracy_level=4, ort_format=True, logits_min_corr=0.80, **_CPU,
                lm_head_bits=8, block_overrides=_GATE_UP_64, quantize_embeddings=True,
-               calibrated_algo="awq", calibrate_up_to_params=_CALIBRATE_UP_TO),
+               calibrated_algo="awq", calibrate_up_to_params=_CALIBRATE_UP_TO,
+               calibrated_size_budget=_CALIBRATED_BUDGET),
     )
 }
 

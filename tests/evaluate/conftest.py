@@ -16,5 +16,7 @@ def gqa_artifacts(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("eval_artifacts")
     fp32 = export(str(checkpoint), target="cpu-fp32", output=root / "fp32", progress=False).output
     # The gate is tested in test_gate.py; skipping it here keeps this shared fixture to one export.
-    int4 = export(str(checkpoint), target="cpu-int4", output=root / "int4", progress=False, fidelity=False).output
+    # RTN, the uncalibrated int4: these tests measure the comparison tools, with bounds measured on RTN's loss.
+    int4 = export(str(checkpoint), target="cpu-int4", output=root / "int4", progress=False, fidelity=False,
+                  quant_algo="rtn").output
     return {"fp32": fp32, "int4": int4}

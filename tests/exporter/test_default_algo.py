@@ -58,10 +58,13 @@ def test_default_export_of_a_small_model_calibrates_and_says_so(tiny_checkpoint,
     assert params <= TARGETS["cpu-int4"].calibrate_up_to_params
     api.export(str(folder), "cpu-int4", tmp_path / "default", fidelity=False)  # progress None: not a terminal
     assert choice_lines(capsys.readouterr().err) == [
-        f"quantization: awq (cpu-int4's default up to 1B parameters, this model has {params / 1e3:.3g}K "
-        "parameters; --quant-algo rtn is the fast path)"]
+        f"quantization: awq + measured int8 within x1.08 of the bytes (cpu-int4's default up to 1B parameters, "
+        f"this model has {params / 1e3:.3g}K parameters; --quant-algo rtn is the fast path, --quant-algo awq "
+        "skips the int8 widening)"]
     recipe = manifest_recipe(tmp_path / "default")
-    assert recipe["quant_algo"] == "awq" and recipe["quantization"]["body"]["algo"] == "awq"
+    # The default widens its measured most-sensitive tensors to int8 within the target's budget.
+    assert recipe["quant_algo"] == "awq+int8-mixed" and recipe["quantization"]["body"]["algo"] == "awq"
+    assert recipe["quantization"]["size_budget"] == TARGETS["cpu-int4"].calibrated_size_budget == 1.08
     assert recipe["calibration"]["algo"] == "awq" and recipe["calibration"]["source"] == "built-in"
     api.export(str(folder), "cpu-int4", tmp_path / "rtn", quant_algo="rtn", fidelity=False)
     assert choice_lines(capsys.readouterr().err) == ["quantization: rtn (--quant-algo rtn)"]
@@ -107,7 +110,8 @@ def test_calibration_file_with_the_default(tiny_checkpoint, tmp_path, capsys) ->
     folder = str(tiny_checkpoint("gqa"))
     api.export(folder, "cpu-int4", tmp_path / "own", calibration=text, fidelity=False)
     [line] = choice_lines(capsys.readouterr().err)
-    assert line.startswith("quantization: awq (cpu-int4's calibrated default, asked for by --calibration")
+    assert line.startswith("quantization: awq + measured int8 within x1.08 of the bytes (cpu-int4's calibrated "
+                           "default, asked for by --calibration")
     calibration = manifest_recipe(tmp_path / "own")["calibration"]
     assert calibration["source"] == "cal.txt" and calibration["algo"] == "awq"
     with pytest.raises(Phi3EdgeError, match="--calibration applies to .* not cuda-int4's default rtn$"):
@@ -123,5 +127,5 @@ def test_cli_default_is_unset_and_its_help_says_the_rule(tiny_checkpoint, tmp_pa
     result = runner.invoke(main, ["export", "-m", str(tiny_checkpoint("gqa")), "-o", str(tmp_path / "cli"),
                                   "--no-fidelity"])
     assert result.exit_code == 0, result.output
-    assert manifest_recipe(tmp_path / "cli")["quant_algo"] == "awq"
+    assert manifest_recipe(tmp_path / "cli")["quant_algo"] == "awq+int8-mixed"
     assert api.default_algo_rule() == "awq on cpu-int4, mobile-int4 for a model of at most 1B parameters; else rtn"
