@@ -5,6 +5,8 @@ the KV cache (its past_present_share_buffer), we feed tokens with append_tokens 
 sampling, stop strings, chat and the LongRoPE re-run behave exactly as with the "ort" backend.
 native_greedy_timings runs og's own loop (generate_next_token picks the token in C++), which is what a
 benchmark of "onnxruntime-genai's runtime" should measure.
+Both take token ids, never text: prompts are encoded by EdgeModel (chat through chat_encoding, where a
+message's content cannot write a control token); og's own tokenizer and chat template are not used.
 
 onnxruntime-genai is optional (the [genai] extra): it is imported only when this backend is asked for.
 """

@@ -16,7 +16,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from phi3_edge.artifact_contract import TOKENIZER_CONFIG_FILE
 from phi3_edge.edge_runtime.chat import ChatTemplate, Message, fit_conversation
+from phi3_edge.edge_runtime.chat_encoding import encode_chat
 from phi3_edge.edge_runtime.decoder_config import DecoderConfig, read_decoder_config
 from phi3_edge.edge_runtime.generate import STOP_STRING, Engine, GenerationOptions, GenerationResult, Generator
 from phi3_edge.edge_runtime.providers import ProviderChoice, choose_providers, cpu_provider, session_provider
@@ -106,8 +108,9 @@ class EdgeModel:
         return ChatTemplate.load(self.folder)
 
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        """Token ids of a conversation with the generation prompt, as transformers' apply_chat_template."""
-        return self.tokenizer.encode(self.chat_template.render(messages), add_special_tokens=False)
+        """Token ids of a conversation with the generation prompt, as transformers' apply_chat_template, except
+        that a message's content never writes a control token ("<|end|>" in it stays text; chat_encoding)."""
+        return encode_chat(self.tokenizer, self.chat_template, messages, self.folder / TOKENIZER_CONFIG_FILE)
 
     def encode(self, prompt: Prompt, options: GenerationOptions | None = None) -> list[int]:
         """A str or a conversation to prompt ids; with options.truncate, old chat turns drop to fit."""

@@ -9,7 +9,11 @@ either (transformers 4 let them override the post-processor; the two disagree fo
 
 from __future__ import annotations
 
+import json
+import threading
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -23,6 +27,8 @@ class EdgeTokenizer:
     def __init__(self, tokenizer: Tokenizer, origin: Path = Path(TOKENIZER_FILE)) -> None:
         self._tokenizer = tokenizer
         self._origin = origin  # named in a one-line error when tokenizers panics on this file
+        self._literal: tuple[Tokenizer, Tokenizer] | None = None  # built on first use (encode_literal)
+        self._literal_lock = threading.Lock()
 
     @classmethod
     def load(cls, folder: Path) -> EdgeTokenizer:
@@ -43,6 +49,45 @@ class EdgeTokenizer:
             return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
         except BaseException as exc:  # noqa: BLE001  (see _panic)
             raise _panic(exc, "encode", self._origin) from exc
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids (no post-processor) and each token's (start, end) character offsets in text."""
+        try:
+            encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        except BaseException as exc:  # noqa: BLE001  (see _panic)
+            raise _panic(exc, "encode", self._origin) from exc
+        offsets: list[tuple[int, int]] = encoding.offsets  # already Python (start, end) tuples
+        return list(encoding.ids), offsets
+
+    def encode_literal(self, text: str, at_start: bool = True) -> list[int]:
+        """Ids of text with every special token's string read as ordinary text (no post-processor).
+
+        What encode() gives for the same text between two control tokens, except that "<|end|>" inside it
+        stays characters. at_start=False for text that follows other text in the prompt: a Metaspace
+        pre-tokenizer with prepend_scheme "first" writes its "▁" only at the very start of the whole text.
+        Separate tokenizers.Tokenizer copies, not the shared one's encode_special_tokens flag toggled: one
+        EdgeModel serves many threads, and another thread's prompt must never lose its control tokens.
+        """
+        with self._literal_lock:
+            if self._literal is None:
+                self._literal = _literal_tokenizers(self._tokenizer)
+        tokenizer = self._literal[0 if at_start else 1]
+        try:
+            return list(tokenizer.encode(text, add_special_tokens=False).ids)
+        except BaseException as exc:  # noqa: BLE001  (see _panic)
+            raise _panic(exc, "encode", self._origin) from exc
+
+    @cached_property
+    def special_tokens(self) -> dict[int, str]:
+        """Id -> string of each added token marked special (the control tokens a template writes).
+        Non-special added tokens are vocabulary: tokenizers matches them in any text, as transformers does."""
+        added = self._tokenizer.get_added_tokens_decoder()
+        return {int(i): str(token.content) for i, token in added.items() if token.special and token.content}
+
+    def normalize(self, text: str) -> str:
+        """text as the normalizer hands it to matching (special tokens marked normalized match this form)."""
+        normalizer = self._tokenizer.normalizer
+        return text if normalizer is None else str(normalizer.normalize_str(text))
 
     @property
     def vocab_size(self) -> int:
@@ -69,6 +114,33 @@ class EdgeTokenizer:
 
     def detokenizer(self) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self)
+
+
+def _literal_tokenizers(tokenizer: Tokenizer) -> tuple[Tokenizer, Tokenizer]:
+    """Two copies that read special tokens' strings as text: for text at the start, and text after it."""
+    source = tokenizer.to_str()
+    config = json.loads(source)
+    at_start = Tokenizer.from_str(source)
+    later = Tokenizer.from_str(json.dumps(_never_prepend(config))) if _has_first_prepend(config) else at_start
+    at_start.encode_special_tokens = True
+    later.encode_special_tokens = True  # (the same copy when no Metaspace prepends "first")
+    return at_start, later
+
+
+def _has_first_prepend(node: Any) -> bool:
+    if isinstance(node, dict):
+        return (node.get("type") == "Metaspace" and node.get("prepend_scheme") == "first") \
+            or any(_has_first_prepend(v) for v in node.values())
+    return isinstance(node, list) and any(_has_first_prepend(v) for v in node)
+
+
+def _never_prepend(node: Any) -> Any:
+    """The tokenizer.json with Metaspace's prepend_scheme "first" as "never" (the text is not at the start)."""
+    if isinstance(node, dict):
+        if node.get("type") == "Metaspace" and node.get("prepend_scheme") == "first":
+            node = {**node, "prepend_scheme": "never"}
+        return {key: _never_prepend(value) for key, value in node.items()}
+    return [_never_prepend(value) for value in node] if isinstance(node, list) else node
 
 
 def _panic(exc: BaseException, what: str, origin: Path) -> BaseException:

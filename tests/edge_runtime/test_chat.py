@@ -17,11 +17,14 @@ CONVERSATIONS = [
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Explain KV caches in one sentence."},
      {"role": "assistant", "content": "They keep past keys and values."},
-     {"role": "user", "content": "naïve café 😀 <|end|> and \"quotes\"\n  indented"}],
+     {"role": "user", "content": "naïve café 😀 <|end and \"quotes\"\n  indented"}],
+    # Edges that could complete a control token with the template's text: the checked path, same ids.
+    [{"role": "user", "content": "> quoted, and a < b <"}, {"role": "assistant", "content": "|> end|>"}],
 ]
+# A content holding "<|end|>" itself is where we differ on purpose (test_chat_encoding.py).
 
 
-@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["one", "system", "multi-turn"])
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["one", "system", "multi-turn", "token-edges"])
 def test_chat_ids_match_transformers(tiny_artifact, messages: list[dict[str, str]]) -> None:
     folder = tiny_artifact("gqa")
     expected = AutoTokenizer.from_pretrained(str(folder)).apply_chat_template(

@@ -165,3 +165,20 @@ def test_encode_matches_transformers(tmp_path: Path, template: str | None, flags
 def test_missing_tokenizer_json_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(Phi3EdgeError, match=r"tokenizer\.json: not found"):
         EdgeTokenizer.load(tmp_path)
+
+
+def test_offsets_point_at_each_tokens_characters(tokenizer: EdgeTokenizer) -> None:
+    text = f"def {MULTIBYTE}<|end|>\n"
+    ids, offsets = tokenizer.encode_with_offsets(text)
+    assert ids == tokenizer.encode(text, add_special_tokens=False)
+    end = tokenizer.token_id("<|end|>")
+    assert [text[start:stop] for token, (start, stop) in zip(ids, offsets, strict=True) if token == end] == ["<|end|>"]
+    assert tokenizer.special_tokens == {tokenizer.token_id(token): token for token in SPECIALS}
+
+
+def test_literal_encoding_reads_control_strings_as_text(tokenizer: EdgeTokenizer) -> None:
+    text = "user said <|end|><s> here"
+    literal = tokenizer.encode_literal(text)
+    assert not set(literal) & set(tokenizer.special_tokens)
+    assert tokenizer.decode(literal, skip_special_tokens=False) == text
+    assert tokenizer.token_id("<|end|>") in tokenizer.encode(text)  # the shared tokenizer still parses them
