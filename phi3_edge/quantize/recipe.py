@@ -250,9 +250,7 @@ def _block_overrides(target: Target, model: ModelShape,
     # GPTQ's codes come ready-made and AWQ's weights are folded before rounding: neither carries stored blocks.
     carries = body.algo not in CALIBRATED_ALGOS
     overrides = []
-    for stem, block in target.block_overrides:
-        if model.hidden_size % block:
-            continue
+    for stem, block in target.block_overrides_for(model.hidden_size).items():
         for layer in range(model.num_layers):
             name = f"model.layers.{layer}.{stem}.weight"
             if not (carries and model.carried_into(name) == kept):
@@ -271,7 +269,7 @@ def _body(target: Target, options: QuantOptions) -> LinearRecipe | None:
     # HQQ tunes zero points, so it writes them even for a target whose RTN recipe is symmetric; GPTQ is always
     # symmetric (its error feedback absorbs the lost zero point; no extra bytes, the fast kernel path), and so is
     # AWQ (its scales protect the channels a zero point would; measured best so in bench/quant_real.py).
-    symmetric = algo in CALIBRATED_ALGOS or (target.symmetric and algo == "rtn")
+    symmetric = algo in CALIBRATED_ALGOS or (target.symmetric and algo == "rtn" and not target.rtn_zero_points)
     return LinearRecipe(target.bits, target.block_size, target.accuracy_level or 0, symmetric, algo)
 
 

@@ -27,6 +27,9 @@ class Target:
     block_size: int | None = None  # MatMulNBits quantization block along K (quantized formats only)
     accuracy_level: int | None = None  # MatMulNBits compute precision: 4 = int8 activations on CPU (fast, mobile)
     symmetric: bool = True  # RTN without zero points (kernel uses 2^(bits-1)): smaller; asymmetric: ~6% lower error
+    # The body's RTN Linears only (not the head or the table, whose int8 grid is fine without): uint zero
+    # points, whatever `symmetric` says. Calibrated bodies (AWQ, GPTQ) stay symmetric (their own search).
+    rtn_zero_points: bool = False
     fused_rotary: bool = True  # GQA do_rotary=1; DirectML needs a separate RotaryEmbedding with position_ids
     packed_qkv: bool = True  # one QKV MatMul; DirectML's GQA wants separate Q/K/V
     allow_if_node: bool = True  # DirectML graph capture cannot run an If node (LongRoPE cache switch)
@@ -36,7 +39,8 @@ class Target:
     genai_lists_provider: bool = True
     # Measured per-tensor choices (figures above TARGETS). lm_head_bits: the head's (and a tied table's)
     # width when --lm-head is not given (None: as the body). block_overrides: (Linear stem, block size) for the
-    # body Linears that trade a coarser block for speed. quantize_embeddings: an untied embedding table is
+    # body Linears that trade a coarser block for speed; a stem listed more than once takes the first block
+    # that divides the hidden size (block_overrides_for). quantize_embeddings: an untied embedding table is
     # stored as GatherBlockQuantized in the head's format when --embeddings is not given.
     lm_head_bits: int | None = None
     block_overrides: tuple[tuple[str, int], ...] = ()
@@ -49,6 +53,15 @@ class Target:
     # With the calibrated default (and no --mixed-precision of the user's): measured mixed precision within this
     # factor of the plain export's weight bytes, from the same calibration pass (figures above TARGETS).
     calibrated_size_budget: float | None = None
+
+    def block_overrides_for(self, hidden_size: int) -> dict[str, int]:
+        """Each overridden Linear stem's block for this hidden size: the first listed block that divides it (a
+        padded block would add bytes instead of saving them), none for a stem no listed block divides."""
+        chosen: dict[str, int] = {}
+        for stem, block in self.block_overrides:
+            if stem not in chosen and hidden_size % block == 0:
+                chosen[stem] = block
+        return chosen
 
 
 # The target every other one is measured against (parity, the accuracy gate, `eval --ref`).
@@ -103,6 +116,22 @@ _DML: _Flags = {"fused_rotary": False, "packed_qkv": False, "allow_if_node": Fal
 #                                      decode step; Phi-3-mini's table 394 MB -> 111 MB (int8)
 #   accuracy_level 4 kept              level 0 measured 1.3-3.9x slower in every shape
 _GATE_UP_64 = (("mlp.gate_up_proj", 64),)
+# cpu-int4's first token (issue 13): prefill is 92 % MatMulNBits, and on x86 MLAS's int8 kernels at M=128 block 64
+# runs no faster than 32 (135.5 vs 136.8 ms, K=3072 N=8192 x4, 2 threads), block 128 does: 101.5 ms; zero points
+# cost nothing there (sym/asym 0.98-0.99 at M=128, 0.91-0.98 at M=1). So gate_up (35 % of prefill) goes to block
+# 128 where 128 divides the hidden size (else 64, as before), and the RTN body gets uint zero points, whose
+# lower error (random Gaussian blocks: MSE 0.00652 vs 0.00738 at 32) pays for the coarser gate_up. Measured in one
+# run (bench/vs_llamacpp.py --layers 8 --passes 4, Phi-3-mini shapes, random weights, RTN: 1.1B params):
+#   RTN symmetric, gate_up 64 (before)      KL 0.2111   764.5 MB   TTFT 1.15x Q4_0   decode 1.15x Q4_0
+#   symmetric, gate_up 128                  KL 0.2207   751.9 MB   TTFT 0.98x        decode 1.32x
+#   zero points, gate_up 64                 KL 0.1931   781.6 MB   TTFT 1.04x        decode 1.35x
+#   zero points, gate_up 128 (this)         KL 0.2038   767.5 MB   TTFT 0.94x        decode 1.35x
+#   zero points, qkv/down 64, gate_up 128   KL 0.2265   737.4 MB   TTFT 0.90x
+#   zero points, block 128 everywhere       KL 0.2607   691.3 MB   TTFT 0.78x
+#   llama.cpp Q4_0                          KL 0.2637   646.7 MB
+# mobile-int4 keeps the symmetric block-64 grid: ARM's int4 kernels (KleidiAI qsi4c32) take symmetric blocks, and
+# no ARM prefill was measured here.
+_GATE_UP_COARSE = (("mlp.gate_up_proj", 128), ("mlp.gate_up_proj", 64))
 
 # The default calibrated algorithm (calibrated_algo, issue 16): AWQ (scale search + per-block clip search on
 # block Grams, over the built-in calibration text) on SmolLM2-135M real weights, cpu-int4 as shipped:
@@ -138,7 +167,7 @@ TARGETS: dict[str, Target] = {
         Target("cpu-int4", "cpu", "int4", "float32", 9.0,  # measured 4.72 (rtn; awq 3.78, hqq 3.78; 4.88 before
                # the per-tensor defaults)
                "the default edge target", bits=4, block_size=32, accuracy_level=4, logits_min_corr=0.80, **_CPU,
-               lm_head_bits=8, block_overrides=_GATE_UP_64, quantize_embeddings=True,
+               lm_head_bits=8, block_overrides=_GATE_UP_COARSE, rtn_zero_points=True, quantize_embeddings=True,
                calibrated_algo="awq", calibrate_up_to_params=_CALIBRATE_UP_TO,
                calibrated_size_budget=_CALIBRATED_BUDGET),
         Target("cuda-fp16", "cuda", "fp16", "float16", 0.08,  # measured 0.037

@@ -51,8 +51,9 @@ def test_body_recipe_of_every_target() -> None:
         if target.bits is None:
             assert recipe.body is None and recipe.name is None and not recipe.quantized
             continue
+        # rtn_zero_points: the body's RTN Linears get zero points; the head and table keep `symmetric`
         assert recipe.body == LinearRecipe(target.bits, target.block_size or 0, target.accuracy_level or 0,
-                                           target.symmetric, "rtn")
+                                           target.symmetric and not target.rtn_zero_points, "rtn")
         body = recipe.body
         assert body is not None
         if target.lm_head_bits is None:
@@ -65,12 +66,33 @@ def test_body_recipe_of_every_target() -> None:
         else:
             assert recipe.embeddings is None and not recipe.shared_table  # untied: float table
         assert recipe.for_tensor("model.layers.0.mlp.down_proj.weight") == body
-        for stem, block in target.block_overrides:  # the measured per-Linear blocks, every layer
+        first_dividing: dict[str, int] = {}
+        for stem, block in target.block_overrides:  # a stem listed twice: the first block that divides the hidden
+            if UNTIED.hidden_size % block == 0:
+                first_dividing.setdefault(stem, block)
+        for stem, block in first_dividing.items():  # the measured per-Linear blocks, every layer
             for layer in range(UNTIED.num_layers):
                 assert recipe.for_tensor(f"model.layers.{layer}.{stem}.weight") == replace(body, block_size=block)
         assert recipe.name == "rtn"  # a coarser block is not mixed precision
     hqq = decide_recipe(INT4, QuantOptions(algo="hqq"), UNTIED).body
     assert hqq is not None and (hqq.algo, hqq.symmetric) == ("hqq", False)  # HQQ writes zero points
+
+
+def test_cpu_int4_rtn_body_has_zero_points_and_a_block_128_gate_up_where_128_divides() -> None:
+    """cpu-int4's prefill choice (targets/table.py _GATE_UP_COARSE): gate_up at 128 where it divides the hidden
+    size, else 64, else the body's 32; the RTN body with zero points, a calibrated one and the head without."""
+    target = TARGETS["cpu-int4"]
+    gate_up = "model.layers.1.mlp.gate_up_proj.weight"
+    for hidden, block in ((256, 128), (576, 64), (96, 32)):
+        recipe = decide_recipe(target, QuantOptions(), ModelShape(num_layers=2, hidden_size=hidden, tied=False))
+        assert recipe.body is not None and not recipe.body.symmetric and recipe.body.zero_points == "uint"
+        assert recipe.for_tensor(gate_up) == replace(recipe.body, block_size=block)
+        assert recipe.lm_head is not None and recipe.lm_head.symmetric  # the int8 head: no zero points
+    awq = decide_recipe(target, QuantOptions(algo="awq"), ModelShape(num_layers=2, hidden_size=256, tied=False))
+    assert awq.body is not None and awq.body.symmetric
+    mobile = decide_recipe(TARGETS["mobile-int4"], QuantOptions(), ModelShape(2, 256, False))
+    assert mobile.body is not None and mobile.body.symmetric  # ARM's int4 kernels: symmetric blocks
+    assert mobile.for_tensor(gate_up) == replace(mobile.body, block_size=64)
 
 
 def test_hqq_on_an_8_bit_target_and_unknown_options_fail_before_any_weight() -> None:
@@ -98,7 +120,8 @@ def test_mixed_precision_is_a_measured_choice_within_a_byte_budget() -> None:
     wide = widen(recipe, chosen)
     assert [name for name, _ in wide.overrides] == chosen  # the measured order, kept
     for name in chosen:
-        assert wide.for_tensor(name) == LinearRecipe(8, 32, recipe.body.accuracy_level, True, "rtn")  # type: ignore
+        assert wide.for_tensor(name) == LinearRecipe(8, 32, recipe.body.accuracy_level,  # type: ignore[union-attr]
+                                                     recipe.body.symmetric, "rtn")  # type: ignore[union-attr]
     assert wide.for_tensor("model.layers.7.mlp.down_proj.weight") == recipe.body
     assert wide.name == "rtn+int8-mixed" and wide.lm_head == recipe.lm_head  # the head was not chosen
     assert set(wide.to_json()["overrides"]) == set(chosen)  # type: ignore[arg-type]

@@ -36,7 +36,10 @@ def expected_linears(target: Target, folder: Path, layers: int) -> dict[str, tup
     assert target.bits is not None and target.block_size is not None
     hidden = json.loads((folder / "manifest.json").read_text())["spec"]["hidden_size"]
     level = target.accuracy_level or 0
-    blocks = {stem: block for stem, block in target.block_overrides if hidden % block == 0}
+    blocks: dict[str, int] = {}
+    for stem, block in target.block_overrides:  # a stem listed twice: the first block that divides wins
+        if hidden % block == 0:
+            blocks.setdefault(stem, block)
     # Unpacked Q/K/V (DirectML): three MatMulNBits named qkv_proj.q/.k/.v, all from the checkpoint's qkv_proj.
     stems = ["self_attn.qkv_proj"] if target.packed_qkv else [f"self_attn.qkv_proj.{p}" for p in "qkv"]
     stems += ["self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]
