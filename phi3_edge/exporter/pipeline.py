@@ -104,7 +104,7 @@ def _resolved_options(request: ExportRequest, target: Target, checkpoint: Checkp
         print(choice.describe(), file=sys.stderr, flush=True)
     if choice.size_budget is not None:
         return replace(request.quant, algo=choice.algo, mixed_precision=True, size_budget=choice.size_budget)
-    return replace(request.quant, algo=choice.algo)
+    return replace(request.quant, algo=choice.algo, int8_down_rule=choice.int8_down_rule)
 
 
 def parameter_count(weight_files: tuple[Path, ...]) -> int:

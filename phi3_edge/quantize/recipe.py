@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 
 from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.quantize.blockwise import check_bits_and_block
+from phi3_edge.quantize.mixed import down_proj_name, uses_more_bits
 from phi3_edge.targets.table import Target
 
 ALGOS = ("rtn", "hqq")
@@ -104,6 +105,9 @@ class QuantOptions:
     size_budget: float | None = None  # mixed precision's byte budget: a factor of the plain export's weight bytes
     lm_head: str | None = None  # None: the target's lm_head_bits, else as the body | "float" | "int8" | "int4"
     embeddings: str | None = None  # None: quantized with a quantized lm_head if tied or the target says so
+    # Set by resolve_algo, not by a user: the target's uncalibrated default also widens llama.cpp's use_more_bits
+    # down projections to int8 (targets/table.py rtn_int8_down); --quant-algo rtn is the plain int4 body.
+    int8_down_rule: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,9 +174,12 @@ class AlgoChoice:
     algo: str
     reason: str
     size_budget: float | None = None  # the target's default mixed-precision budget that comes with the algorithm
+    int8_down_rule: bool = False  # the target's data-free int8 down projections come with it (rtn_int8_down)
 
     def describe(self) -> str:
         wider = "" if self.size_budget is None else f" + measured int8 within x{self.size_budget:g} of the bytes"
+        if self.int8_down_rule:
+            wider = " + int8 down projections in llama.cpp's use_more_bits layers"
         return f"quantization: {self.algo}{wider} ({self.reason})"
 
 
@@ -197,8 +204,11 @@ def resolve_algo(target: Target, options: QuantOptions, params: int, *, calibrat
         skip = "" if budget is None else f", --quant-algo {default} skips the int8 widening"
         return AlgoChoice(default, f"{target.name}'s default up to {limit} parameters, this model has {size}; "
                                    f"--quant-algo rtn is the fast path{skip}", budget)
+    rule = target.rtn_int8_down and not options.mixed_precision
+    skip = "; --quant-algo rtn skips the int8 down projections" if rule else ""
     return AlgoChoice("rtn", f"{target.name}'s default above {limit} parameters, this model has {size}; "
-                             f"--quant-algo {default} calibrates, at a cost that grows with the parameters")
+                             f"--quant-algo {default} calibrates, at a cost that grows with the parameters{skip}",
+                      int8_down_rule=rule)
 
 
 def _params(count: int) -> str:
@@ -229,8 +239,20 @@ def decide_recipe(target: Target, options: QuantOptions, model: ModelShape) -> Q
     head = _lm_head(target, options, body, model)
     table = _table(target, options, model, head)
     shared = table is not None and model.tied and head is not None
-    return QuantRecipe(body, _block_overrides(target, model, body), table if shared else head, table, shared,
-                       _size_budget(options, body))
+    recipe = QuantRecipe(body, _block_overrides(target, model, body), table if shared else head, table, shared,
+                         _size_budget(options, body))
+    if options.int8_down_rule and body is not None and body.algo == "rtn" and recipe.size_budget is None \
+            and body.bits < 8:
+        return widen(recipe, _rule_down_projs(model, body))
+    return recipe
+
+
+def _rule_down_projs(model: ModelShape, body: LinearRecipe) -> list[str]:
+    """The target's data-free int8 widening (targets/table.py rtn_int8_down): llama.cpp's use_more_bits layers'
+    down projections, less those whose GGUF blocks are carried into the body's format as they are (a 4-bit
+    source re-rounded at int8 gains nothing and doubles its bytes). Measured mixed precision replaces it."""
+    names = [down_proj_name(i) for i in range(model.num_layers) if uses_more_bits(i, model.num_layers)]
+    return [name for name in names if model.carried_into(name) != (body.bits, body.block_size)]
 
 
 def _block_overrides(target: Target, model: ModelShape,
@@ -269,7 +291,7 @@ def _body(target: Target, options: QuantOptions) -> LinearRecipe | None:
     # HQQ tunes zero points, so it writes them even for a target whose RTN recipe is symmetric; GPTQ is always
     # symmetric (its error feedback absorbs the lost zero point; no extra bytes, the fast kernel path), and so is
     # AWQ (its scales protect the channels a zero point would; measured best so in bench/quant_real.py).
-    symmetric = algo in CALIBRATED_ALGOS or (target.symmetric and algo == "rtn" and not target.rtn_zero_points)
+    symmetric = algo in CALIBRATED_ALGOS or (target.symmetric and algo == "rtn")
     return LinearRecipe(target.bits, target.block_size, target.accuracy_level or 0, symmetric, algo)
 
 

@@ -27,9 +27,6 @@ class Target:
     block_size: int | None = None  # MatMulNBits quantization block along K (quantized formats only)
     accuracy_level: int | None = None  # MatMulNBits compute precision: 4 = int8 activations on CPU (fast, mobile)
     symmetric: bool = True  # RTN without zero points (kernel uses 2^(bits-1)): smaller; asymmetric: ~6% lower error
-    # The body's RTN Linears only (not the head or the table, whose int8 grid is fine without): uint zero
-    # points, whatever `symmetric` says. Calibrated bodies (AWQ, GPTQ) stay symmetric (their own search).
-    rtn_zero_points: bool = False
     fused_rotary: bool = True  # GQA do_rotary=1; DirectML needs a separate RotaryEmbedding with position_ids
     packed_qkv: bool = True  # one QKV MatMul; DirectML's GQA wants separate Q/K/V
     allow_if_node: bool = True  # DirectML graph capture cannot run an If node (LongRoPE cache switch)
@@ -43,6 +40,10 @@ class Target:
     # that divides the hidden size (block_overrides_for). quantize_embeddings: an untied embedding table is
     # stored as GatherBlockQuantized in the head's format when --embeddings is not given.
     lm_head_bits: int | None = None
+    # The RTN default (above calibrate_up_to_params, no --quant-algo or --mixed-precision of the user's) also
+    # widens llama.cpp's use_more_bits MLP down projections to int8: data-free, no calibration pass. The
+    # calibrated default measures its own widening instead (figures above TARGETS).
+    rtn_int8_down: bool = False
     block_overrides: tuple[tuple[str, int], ...] = ()
     quantize_embeddings: bool = False
     # The quantization algorithm an export runs when --quant-algo is not given, for a checkpoint of at most
@@ -117,20 +118,22 @@ _DML: _Flags = {"fused_rotary": False, "packed_qkv": False, "allow_if_node": Fal
 #   accuracy_level 4 kept              level 0 measured 1.3-3.9x slower in every shape
 _GATE_UP_64 = (("mlp.gate_up_proj", 64),)
 # cpu-int4's first token (issue 13): prefill is 92 % MatMulNBits, and on x86 MLAS's int8 kernels at M=128 block 64
-# runs no faster than 32 (135.5 vs 136.8 ms, K=3072 N=8192 x4, 2 threads), block 128 does: 101.5 ms; zero points
-# cost nothing there (sym/asym 0.98-0.99 at M=128, 0.91-0.98 at M=1). So gate_up (35 % of prefill) goes to block
-# 128 where 128 divides the hidden size (else 64, as before), and the RTN body gets uint zero points, whose
-# lower error (random Gaussian blocks: MSE 0.00652 vs 0.00738 at 32) pays for the coarser gate_up. Measured in one
-# run (bench/vs_llamacpp.py --layers 8 --passes 4, Phi-3-mini shapes, random weights, RTN: 1.1B params):
-#   RTN symmetric, gate_up 64 (before)      KL 0.2111   764.5 MB   TTFT 1.15x Q4_0   decode 1.15x Q4_0
-#   symmetric, gate_up 128                  KL 0.2207   751.9 MB   TTFT 0.98x        decode 1.32x
-#   zero points, gate_up 64                 KL 0.1931   781.6 MB   TTFT 1.04x        decode 1.35x
-#   zero points, gate_up 128 (this)         KL 0.2038   767.5 MB   TTFT 0.94x        decode 1.35x
-#   zero points, qkv/down 64, gate_up 128   KL 0.2265   737.4 MB   TTFT 0.90x
-#   zero points, block 128 everywhere       KL 0.2607   691.3 MB   TTFT 0.78x
-#   llama.cpp Q4_0                          KL 0.2637   646.7 MB
-# mobile-int4 keeps the symmetric block-64 grid: ARM's int4 kernels (KleidiAI qsi4c32) take symmetric blocks, and
-# no ARM prefill was measured here.
+# runs no faster than 32 (135.5 vs 136.8 ms, K=3072 N=8192 x4, 2 threads), block 128 does: 101.5 ms. So gate_up
+# (35 % of prefill) goes to block 128 where 128 divides the hidden size (else 64, as before), and the RTN default
+# (above calibrate_up_to_params) buys the KL back with llama.cpp's int8 down projections (rtn_int8_down), which
+# cost prefill nothing measurable. One run (bench/vs_llamacpp.py --layers 8 --passes 4, Phi-3-mini shapes,
+# random weights, 1.1B params so RTN; TTFT and decode as ratios to llama.cpp Q4_0 in the same run):
+#   RTN, gate_up 64 (before)                     KL 0.2111   764.5 MB   TTFT 1.08-1.15x   decode 1.15-1.26x
+#   RTN, gate_up 128                             KL 0.2207   751.9 MB   TTFT 0.94-0.98x   decode 1.32-1.39x
+#   RTN, gate_up 128 + int8 down (4/8 layers)    KL 0.2070   802.2 MB   TTFT 0.92x        decode 1.36x
+#   block 128 everywhere                         KL 0.2714   686.2 MB   TTFT 0.77x
+#   llama.cpp Q4_0                               KL 0.2637   646.7 MB
+# On real weights (bench/artifact_ppl.py, SmolLM2-135M, whose 576 columns keep gate_up at 64) the int8 down
+# projections take RTN from +24.6 / +29.5 % ppl gap, KL 0.342, 97.4 MB to +16.7 / +29.6 %, KL 0.219, 103.5 MB.
+# Not taken: uint zero points on the RTN body. They cost MLAS nothing (0.91-0.99x the time) and lowered KL on
+# random weights (0.2038 with gate_up 128), but on SmolLM2 they raised it: KL 0.391 vs 0.342 (+32.5 / +30.0 %),
+# and 0.362 with zero points that never clip a block's extremes. mobile-int4 keeps block 64 and no widening: no
+# ARM prefill was measured here.
 _GATE_UP_COARSE = (("mlp.gate_up_proj", 128), ("mlp.gate_up_proj", 64))
 
 # The default calibrated algorithm (calibrated_algo, issue 16): AWQ (scale search + per-block clip search on
@@ -167,7 +170,7 @@ TARGETS: dict[str, Target] = {
         Target("cpu-int4", "cpu", "int4", "float32", 9.0,  # measured 4.72 (rtn; awq 3.78, hqq 3.78; 4.88 before
                # the per-tensor defaults)
                "the default edge target", bits=4, block_size=32, accuracy_level=4, logits_min_corr=0.80, **_CPU,
-               lm_head_bits=8, block_overrides=_GATE_UP_COARSE, rtn_zero_points=True, quantize_embeddings=True,
+               lm_head_bits=8, block_overrides=_GATE_UP_COARSE, rtn_int8_down=True, quantize_embeddings=True,
                calibrated_algo="awq", calibrate_up_to_params=_CALIBRATE_UP_TO,
                calibrated_size_budget=_CALIBRATED_BUDGET),
         Target("cuda-fp16", "cuda", "fp16", "float16", 0.08,  # measured 0.037

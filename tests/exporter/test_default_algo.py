@@ -20,6 +20,7 @@ from phi3_edge import api
 from phi3_edge.cli import main
 from phi3_edge.errors import Phi3EdgeError
 from phi3_edge.exporter.checkpoint import resolve_checkpoint
+from phi3_edge.exporter.config import load_spec
 from phi3_edge.exporter.pipeline import export_artifact, parameter_count
 from phi3_edge.targets.table import TARGETS
 
@@ -81,8 +82,19 @@ def test_over_the_limit_the_default_is_rtn(tiny_checkpoint, tmp_path, capsys) ->
     request = api.export_request(str(folder), "cpu-int4", tmp_path / "big", fidelity=False)
     export_artifact(request, target, lambda *_: {}, calibrate=None)
     [line] = choice_lines(capsys.readouterr().err)
-    assert line.startswith("quantization: rtn (cpu-int4's default above ") and "--quant-algo awq" in line
-    assert manifest_recipe(tmp_path / "big")["quant_algo"] == "rtn"
+    assert line.startswith("quantization: rtn + int8 down projections in llama.cpp's use_more_bits layers "
+                           "(cpu-int4's default above ") and "--quant-algo awq" in line
+    recipe = manifest_recipe(tmp_path / "big")
+    assert recipe["quant_algo"] == "rtn+int8-mixed" and recipe["quantization"]["body"]["algo"] == "rtn"
+    layers = load_spec(folder / "config.json").num_layers
+    eighth = layers // 8  # llama.cpp's use_more_bits: first/last eighth and every third layer between
+    rule = {i for i in range(layers) if i < eighth or i >= 7 * layers // 8 or (i - eighth) % 3 == 2}
+    wide = {n for n, r in recipe["quantization"]["overrides"].items() if r["bits"] == 8}
+    assert rule and wide == {f"model.layers.{i}.mlp.down_proj.weight" for i in rule}
+    # --quant-algo rtn is the plain int4 body
+    plain = api.export_request(str(folder), "cpu-int4", tmp_path / "plain", fidelity=False, quant_algo="rtn")
+    export_artifact(plain, target, lambda *_: {}, calibrate=None)
+    assert manifest_recipe(tmp_path / "plain")["quant_algo"] == "rtn"
 
 
 def test_non_cpu_int4_targets_default_to_rtn(tiny_checkpoint, tmp_path, capsys) -> None:

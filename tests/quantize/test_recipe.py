@@ -51,9 +51,8 @@ def test_body_recipe_of_every_target() -> None:
         if target.bits is None:
             assert recipe.body is None and recipe.name is None and not recipe.quantized
             continue
-        # rtn_zero_points: the body's RTN Linears get zero points; the head and table keep `symmetric`
         assert recipe.body == LinearRecipe(target.bits, target.block_size or 0, target.accuracy_level or 0,
-                                           target.symmetric and not target.rtn_zero_points, "rtn")
+                                           target.symmetric, "rtn")
         body = recipe.body
         assert body is not None
         if target.lm_head_bits is None:
@@ -78,21 +77,39 @@ def test_body_recipe_of_every_target() -> None:
     assert hqq is not None and (hqq.algo, hqq.symmetric) == ("hqq", False)  # HQQ writes zero points
 
 
-def test_cpu_int4_rtn_body_has_zero_points_and_a_block_128_gate_up_where_128_divides() -> None:
+def test_cpu_int4_gate_up_takes_block_128_where_128_divides_the_hidden_size() -> None:
     """cpu-int4's prefill choice (targets/table.py _GATE_UP_COARSE): gate_up at 128 where it divides the hidden
-    size, else 64, else the body's 32; the RTN body with zero points, a calibrated one and the head without."""
-    target = TARGETS["cpu-int4"]
+    size, else 64, else the body's 32; mobile-int4 keeps block 64 (no ARM prefill measured)."""
     gate_up = "model.layers.1.mlp.gate_up_proj.weight"
     for hidden, block in ((256, 128), (576, 64), (96, 32)):
-        recipe = decide_recipe(target, QuantOptions(), ModelShape(num_layers=2, hidden_size=hidden, tied=False))
-        assert recipe.body is not None and not recipe.body.symmetric and recipe.body.zero_points == "uint"
-        assert recipe.for_tensor(gate_up) == replace(recipe.body, block_size=block)
-        assert recipe.lm_head is not None and recipe.lm_head.symmetric  # the int8 head: no zero points
-    awq = decide_recipe(target, QuantOptions(algo="awq"), ModelShape(num_layers=2, hidden_size=256, tied=False))
-    assert awq.body is not None and awq.body.symmetric
+        recipe = decide_recipe(TARGETS["cpu-int4"], QuantOptions(), ModelShape(2, hidden, False))
+        assert recipe.body is not None and recipe.for_tensor(gate_up) == replace(recipe.body, block_size=block)
     mobile = decide_recipe(TARGETS["mobile-int4"], QuantOptions(), ModelShape(2, 256, False))
-    assert mobile.body is not None and mobile.body.symmetric  # ARM's int4 kernels: symmetric blocks
-    assert mobile.for_tensor(gate_up) == replace(mobile.body, block_size=64)
+    assert mobile.body is not None and mobile.for_tensor(gate_up) == replace(mobile.body, block_size=64)
+
+
+def test_the_rtn_default_above_the_calibration_limit_widens_llamacpps_down_projections() -> None:
+    """Above calibrate_up_to_params, cpu-int4's default is RTN + int8 down projections in llama.cpp's
+    use_more_bits layers (first/last eighth, every third between); --quant-algo rtn, --mixed-precision and the
+    calibrated default below the limit do not get them."""
+    target = TARGETS["cpu-int4"]
+    big = target.calibrate_up_to_params + 1
+    choice = resolve_algo(target, QuantOptions(), big)
+    assert (choice.algo, choice.int8_down_rule) == ("rtn", True) and "int8 down projections" in choice.describe()
+    shape = ModelShape(num_layers=16, hidden_size=256, tied=False)
+    recipe = decide_recipe(target, replace(QuantOptions(), algo="rtn", int8_down_rule=True), shape)
+    assert recipe.body is not None
+    wide = {name for name, r in recipe.overrides if r.bits == 8}
+    # 16 layers: eighth 2 -> layers 0, 1, 14, 15 and (i - 2) % 3 == 2: 4, 7, 10, 13
+    assert wide == {f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1, 4, 7, 10, 13, 14, 15)}
+    assert all(recipe.for_tensor(n) == replace(recipe.body, bits=8) for n in wide)
+    assert recipe.name == "rtn+int8-mixed"
+    assert not resolve_algo(target, QuantOptions(algo="rtn"), big).int8_down_rule
+    assert not resolve_algo(target, QuantOptions(mixed_precision=True), big).int8_down_rule
+    assert not resolve_algo(target, QuantOptions(), 1000).int8_down_rule  # calibrated below the limit
+    assert not resolve_algo(TARGETS["mobile-int4"], QuantOptions(), big).int8_down_rule
+    plain = decide_recipe(target, QuantOptions(algo="rtn"), shape)
+    assert all(r.bits == 4 for _, r in plain.overrides)
 
 
 def test_hqq_on_an_8_bit_target_and_unknown_options_fail_before_any_weight() -> None:
@@ -202,7 +219,9 @@ def test_default_algo_is_the_targets_calibrated_one_up_to_its_parameter_limit() 
         assert resolve_algo(target, QuantOptions(), target.calibrate_up_to_params).algo == "awq"  # at most
         big = resolve_algo(target, QuantOptions(), target.calibrate_up_to_params + 1)
         assert big.algo == "rtn" and "above 1B parameters" in big.reason and "--quant-algo awq" in big.reason
-        assert resolve_algo(target, QuantOptions(), 3_821_079_552).reason.endswith("grows with the parameters")
+        big_reason = resolve_algo(target, QuantOptions(), 3_821_079_552).reason
+        assert "grows with the parameters" in big_reason
+        assert big_reason.endswith("--quant-algo rtn skips the int8 down projections") == target.rtn_int8_down
 
 
 def test_an_explicit_algo_always_wins() -> None:
